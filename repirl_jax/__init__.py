@@ -1,0 +1,2 @@
+"""repirl_jax: rePIRL (inverse-RL process reward models) in JAX."""
+__version__ = "0.1.0"

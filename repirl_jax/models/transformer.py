@@ -1,0 +1,217 @@
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3) as pure functions over a params pytree.
+
+Params (L = layers, D = embed, H = heads, K = kv heads, Dh = head dim, F = mlp, V = vocab):
+  embed [V, D], final_norm [D], lm_head [V, D] (absent when tied),
+  layers: attn_norm [L, D], wq [L, D, H, Dh], wk / wv [L, D, K, Dh], wo [L, H, Dh, D],
+          bq [L, H, Dh], bk / bv [L, K, Dh] (attention_bias), bo [L, D] (o_bias),
+          q_norm / k_norm [L, Dh] (qk_norm), mlp_norm [L, D],
+          w_gate / w_up [L, D, F], w_down [L, F, D].
+Layers are stacked on the leading axis and run under `lax.scan`.
+
+Attention masking is by cache slot, RoPE by position: the query in slot i sees key slots
+j <= i whose `valid` bit is set. Without a cache, slot = index in the sequence. This one rule
+serves training (right padding), left-padded prompts and KV-cache decoding alike.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ..sharding import Layout, constrain
+from . import rope
+from .config import ModelConfig
+
+Params = dict[str, Any]
+NEG_INF = -1e30  # finite: a query with no visible key gets uniform weights, not NaN
+
+
+def param_shapes_and_axes(cfg: ModelConfig) -> tuple[dict, dict]:
+    L, D, H, K = cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads
+    Dh, F, V = cfg.head_dim, cfg.intermediate_size, cfg.vocab_size
+    layers = {
+        "attn_norm": ((L, D), ("layers", "embed")),
+        "wq": ((L, D, H, Dh), ("layers", "embed", "heads", "head_dim")),
+        "wk": ((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim")),
+        "wv": ((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim")),
+        "wo": ((L, H, Dh, D), ("layers", "heads", "head_dim", "embed")),
+        "mlp_norm": ((L, D), ("layers", "embed")),
+        "w_gate": ((L, D, F), ("layers", "embed", "mlp")),
+        "w_up": ((L, D, F), ("layers", "embed", "mlp")),
+        "w_down": ((L, F, D), ("layers", "mlp", "embed")),
+    }
+    if cfg.attention_bias:
+        layers["bq"] = ((L, H, Dh), ("layers", "heads", "head_dim"))
+        layers["bk"] = ((L, K, Dh), ("layers", "kv_heads", "head_dim"))
+        layers["bv"] = ((L, K, Dh), ("layers", "kv_heads", "head_dim"))
+    if cfg.o_bias:
+        layers["bo"] = ((L, D), ("layers", "embed"))
+    if cfg.qk_norm:
+        layers["q_norm"] = ((L, Dh), ("layers", "head_dim"))
+        layers["k_norm"] = ((L, Dh), ("layers", "head_dim"))
+    tree = {"embed": ((V, D), ("vocab", "embed")), "final_norm": ((D,), ("embed",)), "layers": layers}
+    if not cfg.tie_word_embeddings:
+        tree["lm_head"] = ((V, D), ("vocab", "embed"))
+    is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], tuple)
+    shapes = jax.tree.map(lambda p: p[0], tree, is_leaf=is_pair)
+    axes = jax.tree.map(lambda p: p[1], tree, is_leaf=is_pair)
+    return shapes, axes
+
+
+def param_axes(cfg: ModelConfig) -> dict:
+    """Tree parallel to the params: a tuple of logical axis names per array."""
+    return param_shapes_and_axes(cfg)[1]
+
+
+def abstract_params(cfg: ModelConfig, layout: Layout | None = None) -> dict:
+    """ShapeDtypeStructs of the params (with shardings when a layout is given)."""
+    shapes, axes = param_shapes_and_axes(cfg)
+    dt = jnp.dtype(cfg.param_dtype)
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+    if layout is None:
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, dt), shapes, is_leaf=is_shape)
+    return jax.tree.map(lambda s, a: jax.ShapeDtypeStruct(s, dt, sharding=layout.sharding(a, s)),
+                        shapes, axes, is_leaf=is_shape)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, layout: Layout | None = None) -> Params:
+    """Random init (normal 0.02, norms at 1, biases at 0), created already sharded."""
+    abstract = abstract_params(cfg, layout)
+
+    def init(key):
+        leaves, treedef = jax.tree.flatten(abstract)
+        keys = jax.random.split(key, len(leaves))
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]]
+        out = []
+        for k, path, a in zip(keys, paths, leaves):
+            if "norm" in path:
+                out.append(jnp.ones(a.shape, a.dtype))
+            elif "'b" in path:  # bq / bk / bv / bo
+                out.append(jnp.zeros(a.shape, a.dtype))
+            else:
+                out.append((0.02 * jax.random.normal(k, a.shape, jnp.float32)).astype(a.dtype))
+        return jax.tree.unflatten(treedef, out)
+
+    shardings = None if layout is None else jax.tree.map(lambda a: a.sharding, abstract)
+    return jax.jit(init, out_shardings=shardings)(key)
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """x / sqrt(mean(x^2) + eps) * w, statistics in float32 (as HF does)."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return w.astype(x.dtype) * y.astype(x.dtype)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, layout: Layout | None = None) -> dict:
+    """KV cache {k, v}: [layers, batch, max_len, kv_heads, head_dim] in the compute dtype."""
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    z = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+    if layout is not None:
+        z = jax.device_put(z, layout.sharding(CACHE_AXES, shape))
+    return {"k": z, "v": z}
+
+
+CACHE_AXES = ("layers", "batch", None, "act_kv_heads", None)
+
+
+def _attention(cfg, lp, x_BLD, cos_sin, kv_valid_BS, q_slot_L, cache_l, cache_index, layout):
+    dt = x_BLD.dtype
+    q_BLHD = jnp.einsum("bld,dhk->blhk", x_BLD, lp["wq"].astype(dt))
+    k_BLKD = jnp.einsum("bld,dhk->blhk", x_BLD, lp["wk"].astype(dt))
+    v_BLKD = jnp.einsum("bld,dhk->blhk", x_BLD, lp["wv"].astype(dt))
+    if cfg.attention_bias:
+        q_BLHD += lp["bq"].astype(dt)
+        k_BLKD += lp["bk"].astype(dt)
+        v_BLKD += lp["bv"].astype(dt)
+    if cfg.qk_norm:
+        q_BLHD = rms_norm(q_BLHD, lp["q_norm"], cfg.rms_norm_eps)
+        k_BLKD = rms_norm(k_BLKD, lp["k_norm"], cfg.rms_norm_eps)
+    q_BLHD = rope.apply(q_BLHD, *cos_sin)
+    k_BLKD = rope.apply(k_BLKD, *cos_sin)
+    if cache_l is not None:
+        k_BSKD = jax.lax.dynamic_update_slice(cache_l["k"], k_BLKD.astype(cache_l["k"].dtype), (0, cache_index, 0, 0))
+        v_BSKD = jax.lax.dynamic_update_slice(cache_l["v"], v_BLKD.astype(cache_l["v"].dtype), (0, cache_index, 0, 0))
+        new_cache = {"k": k_BSKD, "v": v_BSKD}
+    else:
+        k_BSKD, v_BSKD, new_cache = k_BLKD, v_BLKD, None
+    B, L, H, Dh = q_BLHD.shape
+    K, S = k_BSKD.shape[2], k_BSKD.shape[1]
+    q_BLKGD = q_BLHD.reshape(B, L, K, H // K, Dh)  # GQA: query heads grouped by their kv head
+    s_BKGLS = jnp.einsum("blkgd,bskd->bkgls", q_BLKGD, k_BSKD.astype(dt),
+                         preferred_element_type=jnp.float32) * (Dh ** -0.5)
+    visible_BLS = (jnp.arange(S)[None, None, :] <= q_slot_L[None, :, None]) & kv_valid_BS[:, None, :]
+    s_BKGLS = jnp.where(visible_BLS[:, None, None], s_BKGLS, NEG_INF)
+    p_BKGLS = jax.nn.softmax(s_BKGLS, axis=-1).astype(dt)
+    o_BLKGD = jnp.einsum("bkgls,bskd->blkgd", p_BKGLS, v_BSKD.astype(dt))
+    o_BLHD = constrain(layout, o_BLKGD.reshape(B, L, H, Dh), ("batch", "seq", "act_heads", None))
+    out_BLD = jnp.einsum("blhk,hkd->bld", o_BLHD, lp["wo"].astype(dt))
+    if cfg.o_bias:
+        out_BLD += lp["bo"].astype(dt)
+    return out_BLD, new_cache
+
+
+def _mlp(lp, x_BLD, layout):
+    dt = x_BLD.dtype
+    gate_BLF = jnp.einsum("bld,df->blf", x_BLD, lp["w_gate"].astype(dt))
+    up_BLF = jnp.einsum("bld,df->blf", x_BLD, lp["w_up"].astype(dt))
+    h_BLF = constrain(layout, jax.nn.silu(gate_BLF) * up_BLF, ("batch", "seq", "act_mlp"))
+    return jnp.einsum("blf,fd->bld", h_BLF, lp["w_down"].astype(dt))
+
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing inside a layer
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
+                  positions_BL: jax.Array | None = None, valid_BS: jax.Array | None = None,
+                  cache: dict | None = None, cache_index: jax.Array | int = 0,
+                  layout: Layout | None = None) -> tuple[jax.Array, dict | None]:
+    """Final-norm hidden states [B, L, D] (compute dtype) and the updated cache.
+
+    positions_BL: RoPE positions (default arange(L)). valid_BS: which key slots are real tokens
+    (S = L without a cache, the cache length with one; default all). With a cache, the new
+    tokens are written to slots [cache_index, cache_index + L).
+    """
+    B, L = tokens_BL.shape
+    dt = jnp.dtype(cfg.dtype)
+    if positions_BL is None:
+        positions_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    S = L if cache is None else cache["k"].shape[2]
+    if valid_BS is None:
+        valid_BS = jnp.ones((B, S), bool)
+    q_slot_L = cache_index + jnp.arange(L, dtype=jnp.int32)
+    cos_sin = rope.cos_sin(cfg, positions_BL)
+
+    x_BLD = jnp.take(params["embed"], tokens_BL, axis=0).astype(dt)
+    x_BLD = constrain(layout, x_BLD, ("batch", "seq", "act_embed"))
+
+    def layer(x_BLD, xs):
+        lp, cache_l = xs
+        h = rms_norm(x_BLD, lp["attn_norm"], cfg.rms_norm_eps)
+        a, new_cache_l = _attention(cfg, lp, h, cos_sin, valid_BS, q_slot_L, cache_l, cache_index, layout)
+        x_BLD = x_BLD + a
+        x_BLD = x_BLD + _mlp(lp, rms_norm(x_BLD, lp["mlp_norm"], cfg.rms_norm_eps), layout)
+        return constrain(layout, x_BLD, ("batch", "seq", "act_embed")), new_cache_l
+
+    if cfg.remat != "none":
+        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
+    x_BLD, new_cache = jax.lax.scan(layer, x_BLD, (params["layers"], cache))
+    return rms_norm(x_BLD, params["final_norm"], cfg.rms_norm_eps), new_cache
+
+
+def unembed(cfg: ModelConfig, params: Params, h_BLD: jax.Array, layout: Layout | None = None) -> jax.Array:
+    """Logits [B, L, V] in float32 (the matmul accumulates in float32 whatever the dtype)."""
+    w_VD = params["embed"] if cfg.tie_word_embeddings else params["lm_head"]
+    logits = jnp.einsum("bld,vd->blv", h_BLD, w_VD.astype(h_BLD.dtype), preferred_element_type=jnp.float32)
+    return constrain(layout, logits, ("batch", "seq", "act_vocab"))
+
+
+def forward(cfg: ModelConfig, params: Params, tokens: jax.Array, *, positions: jax.Array | None = None,
+            valid: jax.Array | None = None, layout: Layout | None = None) -> jax.Array:
+    """tokens int32 [B, L] -> float32 logits [B, L, V] (causal; `valid` masks padded keys)."""
+    h_BLD, _ = hidden_states(cfg, params, tokens, positions_BL=positions, valid_BS=valid, layout=layout)
+    return unembed(cfg, params, h_BLD, layout)
