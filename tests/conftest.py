@@ -1,0 +1,36 @@
+"""8 emulated CPU devices (set before jax is imported anywhere), offline hub, shared fixtures."""
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.helpers import TINY_CONFIGS, save_tiny_hf  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    """name -> (HF directory, torch model) for each tiny random config in helpers.TINY_CONFIGS."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = save_tiny_hf(name, str(tmp_path_factory.mktemp(name)))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(cfg, params, tokenizer, hf dir) of the packaged SmolLM2-135M-Instruct, float32."""
+    from repirl_jax import models
+
+    path = models.smollm2_dir()
+    cfg, params = models.load(path)
+    return cfg, params, models.load_tokenizer(path), path

@@ -1,0 +1,59 @@
+"""Tiny random HF models written with transformers' own save_pretrained: the numerics reference."""
+import numpy as np
+import torch
+
+# name -> (transformers config class name, kwargs). Odd widths, GQA, tied and untied
+# embeddings, non-default rope_theta, Qwen3 head_dim != hidden / heads, rope scaling.
+TINY_CONFIGS = {
+    "llama_tied": ("LlamaConfig", dict(vocab_size=101, hidden_size=36, intermediate_size=70, num_hidden_layers=2,
+                                       num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True,
+                                       rope_theta=5000.0)),
+    "llama_mha_untied": ("LlamaConfig", dict(vocab_size=97, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                             num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-5)),
+    "llama3_rope": ("LlamaConfig", dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
+                                        max_position_embeddings=256,
+                                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0,
+                                                      "original_max_position_embeddings": 16})),
+    "qwen2": ("Qwen2Config", dict(vocab_size=103, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
+                                  num_attention_heads=5, num_key_value_heads=1, rope_theta=1e6)),
+    "qwen2_yarn": ("Qwen2Config", dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                       rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                     "original_max_position_embeddings": 32})),
+    "qwen3": ("Qwen3Config", dict(vocab_size=99, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                  num_attention_heads=6, num_key_value_heads=3, head_dim=20, tie_word_embeddings=True)),
+    # Divisible by every mesh size we test: for the sharding tests.
+    "llama_shard": ("LlamaConfig", dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=8, num_key_value_heads=4)),
+}
+
+
+def build_torch(name):
+    import transformers
+
+    cls_name, kw = TINY_CONFIGS[name]
+    hf_cfg = getattr(transformers, cls_name)(**kw)
+    torch.manual_seed(hash(name) % 1000)
+    model = transformers.AutoModelForCausalLM.from_config(hf_cfg).float().eval()
+    with torch.no_grad():  # random norms and biases too, so a swapped norm or bias is caught
+        for n, p in model.named_parameters():
+            if "norm" in n or "bias" in n:
+                p.copy_(1 + 0.3 * torch.randn_like(p) if "norm" in n else 0.3 * torch.randn_like(p))
+    return model
+
+
+def save_tiny_hf(name, path):
+    model = build_torch(name)
+    model.save_pretrained(path)
+    return path, model
+
+
+def torch_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
+
+
+def random_tokens(vocab, shape, seed=0):
+    return np.random.RandomState(seed).randint(0, vocab, shape).astype(np.int32)

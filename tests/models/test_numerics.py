@@ -1,0 +1,101 @@
+"""Our forward against transformers' PyTorch models on tiny random configs (float32)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from repirl_jax import models
+from repirl_jax.models import rope
+from tests.helpers import TINY_CONFIGS, random_tokens, torch_logits
+
+NUMERIC = [n for n in TINY_CONFIGS if n != "llama_shard"]
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_logits_match_transformers(tiny_hf, name):
+    path, ref_model = tiny_hf(name)
+    cfg, params = models.load(path)
+    assert cfg.family == TINY_CONFIGS[name][0].replace("Config", "").lower()
+    # seq 40 > original_max_position_embeddings of the scaled-rope configs: scaling matters.
+    tokens = random_tokens(cfg.vocab_size, (2, 40), seed=1)
+    ours = np.asarray(models.forward(cfg, params, tokens))
+    assert ours.dtype == np.float32 and ours.shape == (2, 40, cfg.vocab_size)
+    np.testing.assert_allclose(ours, torch_logits(ref_model, tokens), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama3_rope", "qwen2_yarn", "llama_tied"])
+def test_rope_frequencies_match_transformers(tiny_hf, name):
+    path, ref_model = tiny_hf(name)
+    cfg, _ = models.load(path)
+    inv_freq, scale = rope.inv_freq_and_scale(cfg)
+    rot = ref_model.model.rotary_emb
+    np.testing.assert_allclose(inv_freq, rot.inv_freq.numpy(), rtol=1e-6)
+    assert scale == pytest.approx(rot.attention_scaling)
+    if name != "llama_tied":
+        assert cfg.rope_type == {"llama3_rope": "llama3", "qwen2_yarn": "yarn"}[name]
+
+
+def test_padding_mask_and_positions(tiny_hf):
+    """A left-padded row with masked pad keys and shifted positions equals the unpadded row."""
+    path, _ = tiny_hf("qwen3")
+    cfg, params = models.load(path)
+    toks = random_tokens(cfg.vocab_size, (1, 9), seed=2)
+    plain = np.asarray(models.forward(cfg, params, toks))[0]
+    padded = np.concatenate([np.full((1, 4), 7, np.int32), toks], axis=1)
+    valid = np.arange(13)[None] >= 4
+    pos = np.maximum(np.arange(13) - 4, 0)[None].astype(np.int32)
+    out = np.asarray(models.forward(cfg, params, padded, positions=pos, valid=valid))[0, 4:]
+    np.testing.assert_allclose(out, plain, atol=1e-5)
+
+
+def test_kv_cache_decode_equals_full_forward(tiny_hf):
+    path, _ = tiny_hf("qwen2")
+    cfg, params = models.load(path)
+    toks = random_tokens(cfg.vocab_size, (2, 12), seed=3)
+    full = np.asarray(models.forward(cfg, params, toks))
+    cache = models.init_cache(cfg, 2, 16)
+    h, cache = models.hidden_states(cfg, params, toks[:, :8], cache=cache, cache_index=0)
+    got = [models.unembed(cfg, params, h)]
+    for t in range(8, 12):
+        h, cache = models.hidden_states(cfg, params, toks[:, t:t + 1], positions_BL=jnp.full((2, 1), t),
+                                        cache=cache, cache_index=t)
+        got.append(models.unembed(cfg, params, h))
+    np.testing.assert_allclose(np.concatenate(got, axis=1), full, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_logits(tiny_hf):
+    path, _ = tiny_hf("llama_tied")
+    cfg32, params32 = models.load(path)
+    cfg16, params16 = models.load(path, dtype="bfloat16")
+    assert params16["layers"]["wq"].dtype == jnp.bfloat16
+    toks = random_tokens(cfg32.vocab_size, (2, 16))
+    l16 = np.asarray(models.forward(cfg16, params16, toks))
+    assert l16.dtype == np.float32
+    l32 = np.asarray(models.forward(cfg32, params32, toks))
+    # bfloat16 has 8 mantissa bits: agreement to a few percent of the logit scale.
+    assert np.abs(l16 - l32).max() < 0.05 * np.abs(l32).max()
+
+
+def test_remat_gives_same_gradients(tiny_hf):
+    path, _ = tiny_hf("llama_mha_untied")
+    cfg, params = models.load(path)
+    toks = random_tokens(cfg.vocab_size, (2, 10))
+
+    def loss(p, c):
+        return jnp.mean(jax.nn.log_softmax(models.forward(c, p, toks))[..., 0])
+
+    g0 = jax.grad(loss)(params, cfg)
+    for policy in ("full", "dots"):
+        g1 = jax.grad(loss)(params, cfg.replace(remat=policy))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+
+
+def test_init_params_shapes_match_axes():
+    cfg = models.ModelConfig(family="qwen3", vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2,
+                             num_heads=4, num_kv_heads=2, head_dim=16, qk_norm=True, attention_bias=True)
+    params = models.init_params(cfg, jax.random.key(0))
+    axes = models.param_axes(cfg)
+    assert set(params["layers"]) >= {"q_norm", "k_norm", "bq", "bo"} and "lm_head" in params
+    jax.tree.map(lambda p, a: None if p.ndim == len(a) else pytest.fail(f"{a} vs {p.shape}"), params, axes,
+                 is_leaf=lambda x: isinstance(x, tuple))
+    assert np.isfinite(np.asarray(models.forward(cfg, params, random_tokens(50, (1, 5))))).all()
