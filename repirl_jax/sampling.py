@@ -6,11 +6,14 @@ State of the decode loop (all device arrays, N = prompts * num_samples, M = max_
   step        int32 []          next output index to write
   cache       {k, v}            [layers, N, P + M, kv_heads, head_dim]
   last        int32 [N]         token fed at this step
-  done        bool  [N]         row has emitted EOS (its later tokens are masked out)
-  tokens      int32 [N, M]      completion tokens (pad after EOS)
+  done        bool  [N]         row has emitted EOS or a stop sequence (later tokens masked out)
+  recent      int32 [N, W]      the row's last W tokens, W = longest stop sequence
+  tokens      int32 [N, M]      completion tokens (pad after the end)
+  mask        bool  [N, M]      real tokens, up to and including EOS / the stop sequence
   logprobs    f32   [N, M]      log pi(token) under the untempered model (the trainer's pi_old)
   sample_lp   f32   [N, M]      log-prob under the distribution actually sampled from
-  key                           PRNG key
+Randomness: the draw of row n at step t uses fold_in(fold_in(key(seed), n), t), so it does not
+depend on the batch's other rows or on how the batch is sharded.
 """
 from __future__ import annotations
 
@@ -54,33 +57,54 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0) -> 
     return tokens, valid
 
 
-def sample_token(logits_NV: jax.Array, key: jax.Array, temperature, top_k: int, top_p,
-                 greedy: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns (token [N], untempered log-prob [N], sampling-distribution log-prob [N])."""
-    logp_NV = jax.nn.log_softmax(logits_NV, axis=-1)
-    if greedy:
-        tok = jnp.argmax(logits_NV, axis=-1)
-        return tok, jnp.take_along_axis(logp_NV, tok[:, None], -1)[:, 0], jnp.zeros(tok.shape, jnp.float32)
+def truncate_logits(logits_NV: jax.Array, temperature, top_k: int, top_p, min_p, nucleus: bool) -> jax.Array:
+    """logits / T with tokens outside top-k, the top-p nucleus or below min_p * p_max set to -inf.
+
+    top_k is static (lax.top_k needs it); the nucleus needs a vocabulary sort, so it is only
+    built when `nucleus` (top_p < 1) is set.
+    """
     x = logits_NV / temperature
     if top_k > 0:
         kth = jax.lax.top_k(x, top_k)[0][:, -1:]
         x = jnp.where(x < kth, -jnp.inf, x)
-    # nucleus: keep the smallest prefix of the sorted distribution whose mass reaches top_p
-    srt = jnp.sort(x, axis=-1)[:, ::-1]
-    cum = jnp.cumsum(jax.nn.softmax(srt, axis=-1), axis=-1)
-    n_keep = jnp.sum(cum - jax.nn.softmax(srt, axis=-1) < top_p, axis=-1, keepdims=True)
-    thresh = jnp.take_along_axis(srt, jnp.maximum(n_keep - 1, 0), -1)
-    x = jnp.where(x < thresh, -jnp.inf, x)
-    tok = jax.random.categorical(key, x, axis=-1)
+    if nucleus:  # keep the smallest prefix of the sorted distribution whose mass reaches top_p
+        srt = jnp.sort(x, axis=-1)[:, ::-1]
+        p_srt = jax.nn.softmax(srt, axis=-1)
+        n_keep = jnp.sum(jnp.cumsum(p_srt, axis=-1) - p_srt < top_p, axis=-1, keepdims=True)
+        x = jnp.where(x < jnp.take_along_axis(srt, jnp.maximum(n_keep - 1, 0), -1), -jnp.inf, x)
+    # min-p: p >= min_p * p_max  <=>  x >= x_max + log(min_p); min_p = 0 keeps everything.
+    x_max = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.where(x < x_max + jnp.log(min_p), -jnp.inf, x)
+
+
+def sample_token(logits_NV: jax.Array, keys_N: jax.Array, temperature, top_k: int, top_p, min_p,
+                 nucleus: bool, greedy: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns (token [N], untempered log-prob [N], sampling-distribution log-prob [N]).
+
+    Each row draws with its own key, so a row's sample does not depend on the rest of the batch.
+    """
+    logp_NV = jax.nn.log_softmax(logits_NV, axis=-1)
+    if greedy:
+        tok = jnp.argmax(logits_NV, axis=-1)
+        return tok, jnp.take_along_axis(logp_NV, tok[:, None], -1)[:, 0], jnp.zeros(tok.shape, jnp.float32)
+    x = truncate_logits(logits_NV, temperature, top_k, top_p, min_p, nucleus)
+    tok = jax.vmap(jax.random.categorical)(keys_N, x)
     slp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), tok[:, None], -1)[:, 0]
     return tok, jnp.take_along_axis(logp_NV, tok[:, None], -1)[:, 0], slp
 
 
-@partial(jax.jit, static_argnames=("cfg", "max_new", "num_samples", "top_k", "greedy", "eos_ids", "layout"))
-def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, temperature, top_p, limit, *, max_new: int,
-              num_samples: int, top_k: int, greedy: bool, eos_ids: tuple[int, ...], layout: Layout | None):
+def _stop_hit(recent_NW: jax.Array, stop_JW: jax.Array) -> jax.Array:
+    """Whether the last tokens of a row end with any stop sequence (right-aligned, -1 = padding)."""
+    eq_NJW = (stop_JW[None] == -1) | (recent_NW[:, None, :] == stop_JW[None])
+    return jnp.any(jnp.all(eq_NJW, axis=-1), axis=-1)
+
+
+@partial(jax.jit, static_argnames=("cfg", "max_new", "num_samples", "top_k", "nucleus", "greedy", "layout"))
+def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, temperature, top_p, min_p, limit, eos_E,
+              stop_JW, *, max_new: int, num_samples: int, top_k: int, nucleus: bool, greedy: bool,
+              layout: Layout | None):
     B, P = tokens_BP.shape
-    N, M = B * num_samples, max_new
+    N, M, W = B * num_samples, max_new, stop_JW.shape[1]
     positions_BP = jnp.maximum(jnp.cumsum(valid_BP, axis=-1) - 1, 0).astype(jnp.int32)
     valid_BS = jnp.concatenate([valid_BP, jnp.ones((B, M), bool)], axis=1)
     cache = transformer.init_cache(cfg, B, P + M, layout)
@@ -90,17 +114,29 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, temperature, t
     # The K samples of a prompt share its prefill: repeat rows, prompt-major.
     rep = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)
     cache = jax.tree.map(lambda c: rep(c, 1), cache)
-    logits_NV, valid_NS = rep(logits_BV), rep(valid_BS)
-    next_pos_N = rep(positions_BP[:, -1] + 1)
-    eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
+    valid_NS, next_pos_N = rep(valid_BS), rep(positions_BP[:, -1] + 1)
+    row_keys_N = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N))
 
-    key, sub = jax.random.split(key)
-    tok, lp, slp = sample_token(logits_NV, sub, temperature, top_k, top_p, greedy)
-    state = dict(step=jnp.int32(1), cache=cache, last=tok, done=jnp.isin(tok, eos),
-                 tokens=jnp.zeros((N, M), jnp.int32).at[:, 0].set(tok),
-                 logprobs=jnp.zeros((N, M), jnp.float32).at[:, 0].set(lp),
-                 sample_lp=jnp.zeros((N, M), jnp.float32).at[:, 0].set(slp),
-                 mask=jnp.zeros((N, M), bool).at[:, 0].set(True), key=key)
+    def pick(logits_NV, step):
+        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys_N, step)
+        return sample_token(logits_NV, keys, temperature, top_k, top_p, min_p, nucleus, greedy)
+
+    def emit(s, step, tok, lp, slp):
+        """Writes output index `step` for rows still live; finishes rows on EOS or a stop sequence."""
+        live = ~s["done"]
+        tok = jnp.where(live, tok, 0)
+        recent = jnp.concatenate([s["recent"][:, 1:], tok[:, None]], axis=1)
+        done = s["done"] | live & (jnp.isin(tok, eos_E) | _stop_hit(recent, stop_JW))
+        put = lambda buf, v: jax.lax.dynamic_update_slice(buf, v[:, None].astype(buf.dtype), (0, step))
+        return dict(s, step=step + 1, last=tok, done=done, recent=recent, tokens=put(s["tokens"], tok),
+                    logprobs=put(s["logprobs"], jnp.where(live, lp, 0.0)),
+                    sample_lp=put(s["sample_lp"], jnp.where(live, slp, 0.0)), mask=put(s["mask"], live))
+
+    state = dict(step=jnp.int32(0), cache=cache, last=jnp.zeros((N,), jnp.int32), done=jnp.zeros((N,), bool),
+                 recent=jnp.full((N, W), -2, jnp.int32), tokens=jnp.zeros((N, M), jnp.int32),
+                 logprobs=jnp.zeros((N, M), jnp.float32), sample_lp=jnp.zeros((N, M), jnp.float32),
+                 mask=jnp.zeros((N, M), bool))
+    state = emit(state, 0, *pick(rep(logits_BV), 0))
 
     def cond(s):
         return (s["step"] < limit) & ~jnp.all(s["done"])
@@ -110,38 +146,73 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, temperature, t
         h, cache = transformer.hidden_states(
             cfg, params, s["last"][:, None], positions_BL=(next_pos_N + step - 1)[:, None], valid_BS=valid_NS,
             cache=s["cache"], cache_index=P + step - 1, layout=layout)
-        key, sub = jax.random.split(s["key"])
-        tok, lp, slp = sample_token(transformer.unembed(cfg, params, h, layout)[:, 0], sub, temperature, top_k,
-                                    top_p, greedy)
-        live = ~s["done"]
-        tok = jnp.where(live, tok, 0)
-        put = lambda buf, v: jax.lax.dynamic_update_slice(buf, v[:, None].astype(buf.dtype), (0, step))
-        return dict(step=step + 1, cache=cache, last=tok, done=s["done"] | jnp.isin(tok, eos) & live,
-                    tokens=put(s["tokens"], tok), logprobs=put(s["logprobs"], jnp.where(live, lp, 0.0)),
-                    sample_lp=put(s["sample_lp"], jnp.where(live, slp, 0.0)), mask=put(s["mask"], live), key=key)
+        return emit(dict(s, cache=cache), step, *pick(transformer.unembed(cfg, params, h, layout)[:, 0], step))
 
     s = jax.lax.while_loop(cond, body, state)
     return s["tokens"], s["mask"], s["logprobs"], s["sample_lp"]
 
 
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, num_samples: int = 1,
-             eos_id: int | Sequence[int] | None = None, seed: int = 0, pad_id: int = 0,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+             num_samples: int = 1, eos_id: int | Sequence[int] | None = None,
+             stop: Sequence[Sequence[int]] = (), seed: int = 0, pad_id: int = 0, max_len: int | None = None,
              layout: Layout | None = None) -> GenerateOutput:
     """Samples `num_samples` completions per prompt (token-id lists of any lengths).
 
-    temperature 0 is greedy. eos_id None generates exactly max_new_tokens. Output rows are
-    prompt-major: row i * num_samples + k is sample k of prompt i.
+    temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 disable each truncation. A row ends
+    after an EOS id or after a `stop` token sequence (both kept in the output and the mask);
+    eos_id None and no stop generate exactly max_new_tokens. Prompt + completion may not exceed
+    max_len (default: the model's max_position_embeddings). Output rows are prompt-major:
+    row i * num_samples + k is sample k of prompt i. With a layout, the batch is sharded over
+    its data/fsdp axes and the params are used where they are.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError(f"temperature={temperature}, top_p={top_p}, top_k={top_k}: need t >= 0, 0 < top_p <= 1, top_k >= 0")
+    max_len = cfg.max_position_embeddings if max_len is None else max_len
+    if not prompts:
+        raise ValueError("generate: no prompts given")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"generate: prompt {i} is empty")
+        if len(p) + max_new_tokens > max_len:
+            raise ValueError(f"generate: prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} "
+                             f"it exceeds max_len={max_len}")
+    if max_new_tokens < 1 or num_samples < 1:
+        raise ValueError(f"generate: max_new_tokens={max_new_tokens}, num_samples={num_samples}: both must be >= 1")
+    if not temperature >= 0:
+        raise ValueError(f"generate: temperature={temperature}: must be >= 0")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"generate: top_p={top_p}: must be in (0, 1]")
+    if not 0 <= min_p < 1:
+        raise ValueError(f"generate: min_p={min_p}: must be in [0, 1)")
+    if top_k < 0:
+        raise ValueError(f"generate: top_k={top_k}: must be >= 0")
+    if any(len(s) == 0 for s in stop):
+        raise ValueError("generate: a stop sequence is empty")
     eos = () if eos_id is None else (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
+    W = max([len(s) for s in stop], default=1)
+    stop_JW = np.full((max(len(stop), 1), W), -2, np.int32)  # -2 never matches: no stop sequences
+    for j, seq in enumerate(stop):
+        stop_JW[j] = -1
+        stop_JW[j, W - len(seq):] = seq
     tokens, valid = left_pad(prompts, bucket(max(len(p) for p in prompts)), pad_id)
+    if layout is not None:
+        tokens, valid = (layout.put(x, ("batch", None)) for x in (tokens, valid))
     out = _generate(cfg, params, tokens, valid, jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),
-                    jnp.float32(top_p), jnp.int32(max_new_tokens), max_new=bucket(max_new_tokens), num_samples=num_samples, top_k=top_k,
-                    greedy=temperature == 0, eos_ids=eos, layout=layout)
+                    jnp.float32(top_p), jnp.float32(min_p), jnp.int32(max_new_tokens),
+                    jnp.asarray(eos or (-1,), jnp.int32), jnp.asarray(stop_JW),
+                    max_new=bucket(max_new_tokens), num_samples=num_samples, top_k=top_k, nucleus=top_p < 1,
+                    greedy=temperature == 0, layout=layout)
     toks, mask, lp, slp = (np.asarray(x)[:, :max_new_tokens] for x in out)
     return GenerateOutput(tokens=np.where(mask, toks, pad_id).astype(np.int32), mask=mask, logprobs=lp,
                           sample_logprobs=slp)
+
+
+def chat(cfg: ModelConfig, params, tokenizer, conversations: Sequence[Sequence[dict] | str], *,
+         max_new_tokens: int = 256, stop: Sequence[str] = (), **kw) -> list[str]:
+    """Text in, text out: each conversation (chat messages, or a plain user message) goes through
+    the tokenizer's chat template; returns num_samples decoded completions per conversation."""
+    msgs = [[{"role": "user", "content": c}] if isinstance(c, str) else list(c) for c in conversations]
+    prompts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"] for m in msgs]
+    eos = kw.pop("eos_id", cfg.eos_ids or tokenizer.eos_token_id)
+    stop_ids = [tokenizer.encode(s, add_special_tokens=False) for s in stop]
+    out = generate(cfg, params, prompts, max_new_tokens=max_new_tokens, eos_id=eos, stop=stop_ids, **kw)
+    return [tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(out.tokens, out.mask)]

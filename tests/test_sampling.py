@@ -1,23 +1,46 @@
-"""The generation core: greedy equals transformers' generate; log-probs equal the forward's."""
+"""The sampler: greedy equals transformers' generate; log-probs equal the forward's; sampling
+statistics match the truncated softmax; stop rules; sharded == single device; bad input."""
 import jax
 import numpy as np
+import pytest
+import scipy.stats
 import torch
 
 from repirl_jax import models, sampling
-from tests.helpers import random_tokens
+from repirl_jax.config import MeshConfig
+from repirl_jax.sharding import Layout
 
 PROMPTS = [[5, 17, 3], [9, 1, 44, 20, 8, 31, 2, 60], [12, 40, 7, 7, 13]]
 
 
-def test_greedy_equals_transformers_generate(tiny_hf):
-    path, ref = tiny_hf("qwen3")
+def hf_greedy(ref, prompt, n, eos=None):
+    out = ref.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                       max_new_tokens=n, min_new_tokens=None if eos else n, do_sample=False, pad_token_id=0,
+                       eos_token_id=eos)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("name", ["llama_tied", "qwen2", "qwen3"])
+def test_greedy_equals_transformers_generate(tiny_hf, name):
+    path, ref = tiny_hf(name)
     cfg, params = models.load(path)
     out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=24)
     assert out.tokens.shape == (3, 24) and out.mask.all()
     for i, p in enumerate(PROMPTS):
-        want = ref.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                            max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)[0, len(p):]
-        assert out.tokens[i].tolist() == want.tolist(), i
+        assert out.tokens[i].tolist() == hf_greedy(ref, p, 24), i
+
+
+def test_smollm2_greedy_equals_transformers_to_eos(smollm2):
+    import transformers
+
+    cfg, params, tok, path = smollm2
+    ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": "Name a large animal."}], add_generation_prompt=True,
+                                  tokenize=True)["input_ids"]
+    out = sampling.generate(cfg, params, [ids], max_new_tokens=48, eos_id=cfg.eos_ids)
+    want = hf_greedy(ref, ids, 48, eos=cfg.eos_token_id)
+    got = out.tokens[0][out.mask[0]].tolist()
+    assert got == want and got[-1] == cfg.eos_token_id, (tok.decode(got), tok.decode(want))
 
 
 def test_logprobs_equal_forward_and_rows_stop_at_eos(tiny_hf):
@@ -40,11 +63,123 @@ def test_logprobs_equal_forward_and_rows_stop_at_eos(tiny_hf):
         np.testing.assert_allclose(out.sample_logprobs[n, :L], want, atol=1e-4)
 
 
-def test_same_seed_same_samples_different_seed_different(tiny_hf):
+def truncated_probs(logits, T, top_k, top_p, min_p):
+    """Slow numpy reference of the sampling distribution."""
+    x = logits / T
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    keep = np.ones_like(p, bool)
+    order = np.argsort(-p, kind="stable")
+    if top_k:
+        keep[order[top_k:]] = False
+    if top_p < 1:
+        q = np.where(keep, p, 0) / np.where(keep, p, 0).sum()
+        cum = np.cumsum(q[order])
+        n = int(np.searchsorted(cum, top_p) + 1)
+        keep[order[n:]] = False
+    q = np.where(keep, p, 0)
+    q = q / q.sum()
+    keep &= q >= min_p * q.max()
+    out = np.where(keep, p, 0)
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("T,top_k,top_p,min_p", [(1.0, 0, 1.0, 0.0), (0.7, 20, 1.0, 0.0), (1.3, 0, 0.8, 0.0),
+                                                  (1.0, 0, 1.0, 0.05)])
+def test_sampling_frequencies_match_truncated_softmax(tiny_hf, T, top_k, top_p, min_p):
+    path, _ = tiny_hf("qwen3")
+    cfg, params = models.load(path)
+    prompt = PROMPTS[1]
+    logits = np.asarray(models.forward(cfg, params, np.array([prompt], np.int32)))[0, -1].astype(np.float64)
+    want = truncated_probs(logits, T, top_k, top_p, min_p)
+    n = 4096
+    out = sampling.generate(cfg, params, [prompt], max_new_tokens=1, temperature=T, top_k=top_k, top_p=top_p,
+                            min_p=min_p, num_samples=n, seed=11)
+    counts = np.bincount(out.tokens[:, 0], minlength=cfg.vocab_size)
+    assert counts[want == 0].sum() == 0  # nothing outside the truncation is ever drawn
+    expected = want * n
+    big = expected >= 5  # chi-square validity: pool the rare tokens into one cell
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    obs, exp = obs[exp > 0], exp[exp > 0]
+    assert scipy.stats.chisquare(obs, exp).pvalue > 1e-3
+    # and the reported sampling log-prob is the truncated distribution's
+    np.testing.assert_allclose(out.sample_logprobs[:, 0], np.log(want[out.tokens[:, 0]]), atol=1e-4)
+
+
+def test_stop_sequences_end_rows_independently(tiny_hf):
     path, _ = tiny_hf("qwen2")
     cfg, params = models.load(path)
-    a = sampling.generate(cfg, params, PROMPTS, max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9, seed=1)
-    b = sampling.generate(cfg, params, PROMPTS, max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9, seed=1)
-    c = sampling.generate(cfg, params, PROMPTS, max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9, seed=2)
+    free = sampling.generate(cfg, params, PROMPTS, max_new_tokens=20)
+    stop = [free.tokens[0, 5:7].tolist(), free.tokens[2, 3:4].tolist()]
+    out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=20, stop=stop)
+    for i in range(3):
+        L = int(out.lengths[i])
+        assert out.tokens[i, :L].tolist() == free.tokens[i, :L].tolist()  # same greedy path until it stops
+        seq = out.tokens[i, :L].tolist()
+        ends = [s for s in stop if seq[-len(s):] == s]
+        if L < 20:
+            assert ends, (i, seq)
+        # no stop sequence appears earlier than where the row ended
+        assert not any(seq[j - len(s):j] == s for s in stop for j in range(len(s), L))
+    assert out.lengths[0] <= 7 and out.lengths[2] <= 4
+
+
+def test_eos_none_generates_exactly_max_new(tiny_hf):
+    path, _ = tiny_hf("qwen2")
+    cfg, params = models.load(path)
+    out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=5, temperature=1.0, seed=0)
+    assert out.tokens.shape == (3, 5) and out.mask.all()
+
+
+def test_seeded_rows_are_deterministic_and_independent(tiny_hf):
+    path, _ = tiny_hf("qwen2")
+    cfg, params = models.load(path)
+    kw = dict(max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9, seed=1)
+    a = sampling.generate(cfg, params, PROMPTS, **kw)
+    b = sampling.generate(cfg, params, PROMPTS, **kw)
+    c = sampling.generate(cfg, params, PROMPTS, **{**kw, "seed": 2})
     assert np.array_equal(a.tokens, b.tokens) and not np.array_equal(a.tokens, c.tokens)
+    d = sampling.generate(cfg, params, [PROMPTS[0], [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3], PROMPTS[2]], **kw)
+    assert np.array_equal(a.tokens[[0, 2]], d.tokens[[0, 2]])  # other rows (and the bucket) changed
     assert (a.sample_logprobs >= a.logprobs - 1e-5).all()  # truncation only raises kept tokens' mass
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)])
+def test_sharded_sampling_equals_single_device(tiny_hf, shape):
+    path, _ = tiny_hf("llama_shard")
+    cfg, params = models.load(path)
+    prompts = [PROMPTS[i % 3] + [i] for i in range(4)]
+    kw = dict(max_new_tokens=8, temperature=1.0, num_samples=2, seed=5, eos_id=3)
+    want = sampling.generate(cfg, params, prompts, **kw)
+    layout = Layout.from_config(MeshConfig(shape=shape))
+    _, sharded = models.load(path, layout=layout)
+    got = sampling.generate(cfg, sharded, prompts, layout=layout, **kw)
+    assert np.array_equal(got.tokens, want.tokens) and np.array_equal(got.mask, want.mask)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+
+
+def test_chat_helper_text_in_text_out(smollm2):
+    cfg, params, tok, _ = smollm2
+    [answer] = sampling.chat(cfg, params, tok, ["What is the capital of France?"], max_new_tokens=24)
+    assert "Paris" in answer and "<|im_end|>" not in answer
+    [cut] = sampling.chat(cfg, params, tok, ["What is the capital of France?"], max_new_tokens=24, stop=[" is"])
+    assert cut.endswith(" is") and len(cut) < len(answer)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(prompts=[[1, 2], []]), "prompt 1 is empty"),
+    (dict(prompts=[]), "no prompts"),
+    (dict(max_len=10), "prompt 1 has 8 tokens"),
+    (dict(top_p=0.0), "top_p=0.0"),
+    (dict(top_p=1.5), "top_p=1.5"),
+    (dict(temperature=-1.0), "temperature=-1.0"),
+    (dict(min_p=1.0), "min_p=1.0"),
+])
+def test_bad_input_one_clear_line(tiny_hf, bad, match):
+    path, _ = tiny_hf("qwen2")
+    cfg, params = models.load(path)
+    kw = dict(prompts=PROMPTS, max_new_tokens=4) | bad
+    with pytest.raises(ValueError, match=match) as e:
+        sampling.generate(cfg, params, kw.pop("prompts"), **kw)
+    assert "\n" not in str(e.value)
