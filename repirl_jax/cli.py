@@ -46,6 +46,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
+BENCHES = ("sampler",)
+
+
+def cmd_bench(args) -> int:
+    """Side-by-side benchmarks from benchmarks/ (peers from the `test`/`bench` extras)."""
+    import importlib
+
+    importlib.import_module(f"benchmarks.{args.name}").run(out=args.out, reps=args.reps)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repirl", description="rePIRL: process reward models by inverse RL, in JAX")
     sub = p.add_subparsers(dest="command", required=True)
@@ -61,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out", help="output directory")
     c.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     c.set_defaults(fn=cmd_convert)
+
+    b = sub.add_parser("bench", help="speed benchmarks, ours and the peer side by side; prints ratios")
+    b.add_argument("name", choices=BENCHES)
+    b.add_argument("--out", help="write the result JSON here")
+    b.add_argument("--reps", type=int, default=3, help="timed repetitions per side (median reported)")
+    b.set_defaults(fn=cmd_bench)
     return p
 
 

@@ -4,7 +4,7 @@ of a prompt share its prefill (the cache rows are repeated after it).
 
 State of the decode loop (all device arrays, N = prompts * num_samples, M = max_new_tokens):
   step        int32 []          next output index to write
-  cache       {k, v}            [layers, N, P + M, kv_heads, head_dim]
+  cache       {k, v}            [layers, N, kv_heads, P + M, head_dim]
   last        int32 [N]         token fed at this step
   done        bool  [N]         row has emitted EOS or a stop sequence (later tokens masked out)
   recent      int32 [N, W]      the row's last W tokens, W = longest stop sequence
@@ -88,8 +88,13 @@ def sample_token(logits_NV: jax.Array, keys_N: jax.Array, temperature, top_k: in
         tok = jnp.argmax(logits_NV, axis=-1)
         return tok, jnp.take_along_axis(logp_NV, tok[:, None], -1)[:, 0], jnp.zeros(tok.shape, jnp.float32)
     x = truncate_logits(logits_NV, temperature, top_k, top_p, min_p, nucleus)
-    tok = jax.vmap(jax.random.categorical)(keys_N, x)
-    slp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), tok[:, None], -1)[:, 0]
+    # Inverse-CDF sampling: one uniform per row instead of a Gumbel per vocabulary entry
+    # (threefry bits for [N, V] cost more than the rest of the step on CPU).
+    slogp_NV = jax.nn.log_softmax(x, axis=-1)
+    cdf_NV = jnp.cumsum(jnp.exp(slogp_NV), axis=-1)
+    u_N = jax.vmap(lambda k: jax.random.uniform(k, minval=1e-7))(keys_N) * cdf_NV[:, -1]
+    tok = jnp.minimum(jnp.sum(cdf_NV < u_N[:, None], axis=-1), logits_NV.shape[-1] - 1)
+    slp = jnp.take_along_axis(slogp_NV, tok[:, None], -1)[:, 0]
     return tok, jnp.take_along_axis(logp_NV, tok[:, None], -1)[:, 0], slp
 
 
@@ -113,7 +118,7 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, temperature, t
     logits_BV = transformer.unembed(cfg, params, h_BPD[:, -1:], layout)[:, 0]
     # The K samples of a prompt share its prefill: repeat rows, prompt-major.
     rep = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)
-    cache = jax.tree.map(lambda c: rep(c, 1), cache)
+    cache = jax.tree.map(lambda c: rep(c, 1), cache)  # batch is axis 1
     valid_NS, next_pos_N = rep(valid_BS), rep(positions_BP[:, -1] + 1)
     row_keys_N = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N))
 

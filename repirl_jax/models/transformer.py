@@ -8,9 +8,10 @@ Params (L = layers, D = embed, H = heads, K = kv heads, Dh = head dim, F = mlp, 
           w_gate / w_up [L, D, F], w_down [L, F, D].
 Layers are stacked on the leading axis and run under `lax.scan`.
 
-Attention masking is by cache slot, RoPE by position: the query in slot i sees key slots
-j <= i whose `valid` bit is set. Without a cache, slot = index in the sequence. This one rule
-serves training (right padding), left-padded prompts and KV-cache decoding alike.
+Attention masking is by slot, RoPE by position: a new token sees the earlier new tokens and
+the cache slots written before this call, where their `valid` bit is set. Without a cache,
+slot = index in the sequence. This one rule serves training (right padding), left-padded
+prompts and KV-cache decoding alike.
 """
 from __future__ import annotations
 
@@ -105,18 +106,33 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, layout: Layout | None = None) -> dict:
-    """KV cache {k, v}: [layers, batch, max_len, kv_heads, head_dim] in the compute dtype."""
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    """KV cache {k, v}: [layers, batch, kv_heads, max_len, head_dim] in the compute dtype.
+
+    kv_heads before seq: a layer's keys of one (row, head) are contiguous, so decode attention
+    reads them without a transpose (the [.., seq, kv_heads, ..] layout cost 40% of a step)."""
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     z = jnp.zeros(shape, jnp.dtype(cfg.dtype))
     if layout is not None:
         z = jax.device_put(z, layout.sharding(CACHE_AXES, shape))
     return {"k": z, "v": z}
 
 
-CACHE_AXES = ("layers", "batch", None, "act_kv_heads", None)
+CACHE_AXES = ("layers", "batch", "act_kv_heads", None, None)
 
 
-def _attention(cfg, lp, x_BLD, cos_sin, kv_valid_BS, q_slot_L, cache_l, cache_index, layout):
+def _scores(q_BLKGD, k_BKSD, visible_BLS):
+    """Scaled q.k in float32, masked: [B, K, G, L, S]."""
+    s = jnp.einsum("blkgd,bksd->bkgls", q_BLKGD, k_BKSD.astype(q_BLKGD.dtype),
+                   preferred_element_type=jnp.float32) * (q_BLKGD.shape[-1] ** -0.5)
+    return jnp.where(visible_BLS[:, None, None], s, NEG_INF)
+
+
+def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, layout):
+    """Causal GQA attention of the L new tokens over the past cache slots (read only) and over
+    themselves. Returns (output, this layer's new k and v as [B, K, L, Dh] for the cache).
+
+    The softmax runs jointly over the two key blocks; keeping the cache out of the layer scan's
+    carry is what keeps decode fast (a carried cache is copied by XLA on every layer)."""
     dt = x_BLD.dtype
     q_BLHD = jnp.einsum("bld,dhk->blhk", x_BLD, lp["wq"].astype(dt))
     k_BLKD = jnp.einsum("bld,dhk->blhk", x_BLD, lp["wk"].astype(dt))
@@ -129,27 +145,30 @@ def _attention(cfg, lp, x_BLD, cos_sin, kv_valid_BS, q_slot_L, cache_l, cache_in
         q_BLHD = rms_norm(q_BLHD, lp["q_norm"], cfg.rms_norm_eps)
         k_BLKD = rms_norm(k_BLKD, lp["k_norm"], cfg.rms_norm_eps)
     q_BLHD = rope.apply(q_BLHD, *cos_sin)
-    k_BLKD = rope.apply(k_BLKD, *cos_sin)
-    if cache_l is not None:
-        k_BSKD = jax.lax.dynamic_update_slice(cache_l["k"], k_BLKD.astype(cache_l["k"].dtype), (0, cache_index, 0, 0))
-        v_BSKD = jax.lax.dynamic_update_slice(cache_l["v"], v_BLKD.astype(cache_l["v"].dtype), (0, cache_index, 0, 0))
-        new_cache = {"k": k_BSKD, "v": v_BSKD}
-    else:
-        k_BSKD, v_BSKD, new_cache = k_BLKD, v_BLKD, None
+    k_BKLD = rope.apply(k_BLKD, *cos_sin).transpose(0, 2, 1, 3)
+    v_BKLD = v_BLKD.transpose(0, 2, 1, 3)
     B, L, H, Dh = q_BLHD.shape
-    K, S = k_BSKD.shape[2], k_BSKD.shape[1]
+    K = k_BKLD.shape[1]
     q_BLKGD = q_BLHD.reshape(B, L, K, H // K, Dh)  # GQA: query heads grouped by their kv head
-    s_BKGLS = jnp.einsum("blkgd,bskd->bkgls", q_BLKGD, k_BSKD.astype(dt),
-                         preferred_element_type=jnp.float32) * (Dh ** -0.5)
-    visible_BLS = (jnp.arange(S)[None, None, :] <= q_slot_L[None, :, None]) & kv_valid_BS[:, None, :]
-    s_BKGLS = jnp.where(visible_BLS[:, None, None], s_BKGLS, NEG_INF)
-    p_BKGLS = jax.nn.softmax(s_BKGLS, axis=-1).astype(dt)
-    o_BLKGD = jnp.einsum("bkgls,bskd->blkgd", p_BKGLS, v_BSKD.astype(dt))
-    o_BLHD = constrain(layout, o_BLKGD.reshape(B, L, H, Dh), ("batch", "seq", "act_heads", None))
+    causal_LL = jnp.arange(L)[None, :] <= jnp.arange(L)[:, None]
+    s_new = _scores(q_BLKGD, k_BKLD, causal_LL[None] & valid_new_BL[:, None, :])
+    if past is None:
+        p_BKGLS = jax.nn.softmax(s_new, axis=-1).astype(dt)
+        o_BKGLD = jnp.einsum("bkgls,bksd->bkgld", p_BKGLS, v_BKLD)
+    else:
+        s_old = _scores(q_BLKGD, past["k"], past_visible_BLS)
+        m = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
+        e_old, e_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
+        denom = e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True)
+        o_BKGLD = (jnp.einsum("bkgls,bksd->bkgld", (e_old / denom).astype(dt), past["v"].astype(dt))
+                   + jnp.einsum("bkgls,bksd->bkgld", (e_new / denom).astype(dt), v_BKLD))
+    # (einsum straight to [B, L, K, G, D] is 7x slower on XLA:CPU than this order + a transpose)
+    o_BLHD = o_BKGLD.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
+    o_BLHD = constrain(layout, o_BLHD, ("batch", "seq", "act_heads", None))
     out_BLD = jnp.einsum("blhk,hkd->bld", o_BLHD, lp["wo"].astype(dt))
     if cfg.o_bias:
         out_BLD += lp["bo"].astype(dt)
-    return out_BLD, new_cache
+    return out_BLD, (k_BKLD, v_BKLD)
 
 
 def _mlp(lp, x_BLD, layout):
@@ -180,27 +199,34 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     dt = jnp.dtype(cfg.dtype)
     if positions_BL is None:
         positions_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-    S = L if cache is None else cache["k"].shape[2]
+    S = L if cache is None else cache["k"].shape[3]
     if valid_BS is None:
         valid_BS = jnp.ones((B, S), bool)
-    q_slot_L = cache_index + jnp.arange(L, dtype=jnp.int32)
     cos_sin = rope.cos_sin(cfg, positions_BL)
+    if cache is None:
+        valid_new_BL, past_visible_BLS = valid_BS, None
+    else:  # past slots: written before this call (slot < cache_index) and valid
+        valid_new_BL = jax.lax.dynamic_slice_in_dim(valid_BS, cache_index, L, axis=1)
+        past_visible_BLS = jnp.broadcast_to((jnp.arange(S) < cache_index)[None, None] & valid_BS[:, None, :], (B, L, S))
 
     x_BLD = jnp.take(params["embed"], tokens_BL, axis=0).astype(dt)
     x_BLD = constrain(layout, x_BLD, ("batch", "seq", "act_embed"))
 
     def layer(x_BLD, xs):
-        lp, cache_l = xs
+        lp, past = xs
         h = rms_norm(x_BLD, lp["attn_norm"], cfg.rms_norm_eps)
-        a, new_cache_l = _attention(cfg, lp, h, cos_sin, valid_BS, q_slot_L, cache_l, cache_index, layout)
+        a, new_kv = _attention(cfg, lp, h, cos_sin, valid_new_BL, past, past_visible_BLS, layout)
         x_BLD = x_BLD + a
         x_BLD = x_BLD + _mlp(lp, rms_norm(x_BLD, lp["mlp_norm"], cfg.rms_norm_eps), layout)
-        return constrain(layout, x_BLD, ("batch", "seq", "act_embed")), new_cache_l
+        return constrain(layout, x_BLD, ("batch", "seq", "act_embed")), new_kv if cache is not None else None
 
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
-    x_BLD, new_cache = jax.lax.scan(layer, x_BLD, (params["layers"], cache))
-    return rms_norm(x_BLD, params["final_norm"], cfg.rms_norm_eps), new_cache
+    x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (params["layers"], cache))
+    if cache is not None:  # one in-place write of all layers' new keys / values
+        write = lambda c, n: jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0, 0, 0, cache_index, 0))
+        cache = {"k": write(cache["k"], new_kv[0]), "v": write(cache["v"], new_kv[1])}
+    return rms_norm(x_BLD, params["final_norm"], cfg.rms_norm_eps), cache
 
 
 def unembed(cfg: ModelConfig, params: Params, h_BLD: jax.Array, layout: Layout | None = None) -> jax.Array:

@@ -1,0 +1,1 @@
+"""Side-by-side speed measurements, run as `repirl bench NAME [--out FILE.json]`."""
