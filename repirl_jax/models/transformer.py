@@ -108,8 +108,8 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, layout: Layout | None = None) -> dict:
     """KV cache {k, v}: [layers, batch, kv_heads, max_len, head_dim] in the compute dtype.
 
-    kv_heads before seq: a layer's keys of one (row, head) are contiguous, so decode attention
-    reads them without a transpose (the [.., seq, kv_heads, ..] layout cost 40% of a step)."""
+    kv_heads before seq: a layer's keys of one (row, head) are contiguous, the layout the
+    attention einsums consume without a transpose."""
     shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     z = jnp.zeros(shape, jnp.dtype(cfg.dtype))
     if layout is not None:
