@@ -55,3 +55,93 @@ class MeshConfig:
         if known != n_devices:
             raise ValueError(f"MeshConfig.shape={self.shape}: needs {known} devices, have {n_devices}")
         return self.shape
+
+
+def _check(obj, field: str, ok: bool, why: str):
+    if not ok:
+        raise ValueError(f"{type(obj).__name__}.{field}={getattr(obj, field)!r}: {why}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with global-norm clipping and a linear-warmup-then-constant/cosine schedule."""
+
+    lr: float = 5e-7
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    total_steps: int = 0  # cosine decay horizon (updates); 0 with cosine is an error
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        _check(self, "lr", self.lr >= 0, "must be >= 0")
+        _check(self, "grad_clip", self.grad_clip > 0, "must be > 0")
+        _check(self, "schedule", self.schedule in ("constant", "cosine"), "expected constant | cosine")
+        _check(self, "total_steps", self.schedule != "cosine" or self.total_steps > 0, "cosine needs total_steps > 0")
+
+
+PRM_FORMS = ("head", "implicit", "shared")
+PRM_LOSSES = ("repirl", "prime", "discriminator", "none")
+ESTIMATORS = ("rloo", "grpo", "reinforce")
+
+
+@dataclasses.dataclass(frozen=True)
+class PRMConfig:
+    """ALGORITHM.md sections 2-3. Options marked [ours] there are ablation switches here."""
+
+    form: str = "head"  # head | implicit | shared
+    loss: str = "repirl"  # repirl | prime | discriminator | none
+    score: str = "mean"  # trajectory score: mean | sum of token rewards
+    pseudo_experts: bool = True  # correct rollouts join the positive set
+    negatives: str = "failed"  # failed | all
+    importance_weights: bool = True  # false: uniform weights over negatives (GAN/AIRL ablation)
+    is_length_norm: bool = False  # [ours] log w / response length
+    is_temperature: float = 1.0  # [ours] log w / temperature
+    is_clip: float = 0.0  # [ours] cap log w at max(log w) - is_clip; 0 = off
+    is_scope: str = "batch"  # [ours] normalise over the batch or per prompt
+    reward_l2: float = 0.0  # [ours] L2 on token rewards, keeps the energy bounded
+    beta: float = 0.05  # implicit form: r = beta * (log pi_phi - log pi_ref)
+    minibatches: int = 1  # PRM updates per step (groups split evenly)
+    microbatches: int = 1  # gradient accumulation inside a minibatch
+    optim: OptimConfig = OptimConfig(lr=3e-8, grad_clip=10.0)
+
+    def __post_init__(self):
+        _check(self, "form", self.form in PRM_FORMS, f"expected one of {PRM_FORMS}")
+        _check(self, "loss", self.loss in PRM_LOSSES, f"expected one of {PRM_LOSSES}")
+        _check(self, "score", self.score in ("mean", "sum"), "expected mean | sum")
+        _check(self, "negatives", self.negatives in ("failed", "all"), "expected failed | all")
+        _check(self, "is_scope", self.is_scope in ("batch", "prompt"), "expected batch | prompt")
+        _check(self, "is_temperature", self.is_temperature > 0, "must be > 0")
+        _check(self, "is_clip", self.is_clip >= 0, "must be >= 0")
+        _check(self, "beta", self.beta > 0, "must be > 0")
+        _check(self, "minibatches", self.minibatches >= 1, "must be >= 1")
+        _check(self, "microbatches", self.microbatches >= 1, "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """ALGORITHM.md section 4."""
+
+    estimator: str = "rloo"  # rloo | grpo | reinforce
+    alpha_o: float = 1.0  # outcome reward weight
+    alpha_p: float = 0.05  # process (PRM) reward weight
+    whiten: bool = True  # whiten advantages over the batch's response tokens
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    entropy_coef: float = 0.001  # entropy is maximised
+    kl_coef: float = 0.0  # KL to the initial policy (k3 estimator); > 0 keeps a frozen reference
+    minibatches: int = 1  # policy updates per step (groups split evenly)
+    microbatches: int = 1  # gradient accumulation inside a minibatch
+    logit_chunk: int = 0  # sequence chunk for the vocabulary-sized log-softmax; 0 = whole sequence
+    optim: OptimConfig = OptimConfig(lr=5e-7, grad_clip=1.0)
+
+    def __post_init__(self):
+        _check(self, "estimator", self.estimator in ESTIMATORS, f"expected one of {ESTIMATORS}")
+        _check(self, "clip_low", 0 <= self.clip_low < 1, "must be in [0, 1)")
+        _check(self, "clip_high", self.clip_high >= 0, "must be >= 0")
+        _check(self, "minibatches", self.minibatches >= 1, "must be >= 1")
+        _check(self, "microbatches", self.microbatches >= 1, "must be >= 1")
+        _check(self, "logit_chunk", self.logit_chunk >= 0, "must be >= 0")

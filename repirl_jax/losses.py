@@ -1,0 +1,210 @@
+"""Pure math of the dual step (ALGORITHM.md sections 3-4). Each function states its formula.
+
+Shapes: G prompts (groups), K rollouts per prompt, T response tokens, B sequences, V vocab.
+Masks are bool; masked-out entries contribute exactly nothing.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+EPS = 1e-8
+
+
+def masked_sum(x, mask, axis=None):
+    return jnp.sum(jnp.where(mask, x, 0.0), axis=axis)
+
+
+def masked_mean(x, mask, axis=None, denom=None):
+    """sum(x * mask) / (denom or max(sum(mask), 1))."""
+    d = jnp.maximum(jnp.sum(mask, axis=axis), 1) if denom is None else denom
+    return masked_sum(x, mask, axis) / d
+
+
+def masked_whiten(x, mask, eps: float = EPS):
+    """(x - mean) / sqrt(var + eps) with statistics over the masked entries; 0 elsewhere."""
+    mean = masked_mean(x, mask)
+    var = masked_mean(jnp.square(x - mean), mask)
+    return jnp.where(mask, (x - mean) * jax.lax.rsqrt(var + eps), 0.0)
+
+
+# ------------------------------------------------------------------ log-probs and entropy
+def _logp_entropy(h_BLD, w_VD, targets_BL):
+    logits = jnp.einsum("bld,vd->blv", h_BLD, w_VD.astype(h_BLD.dtype), preferred_element_type=jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    logp = jnp.take_along_axis(logits, targets_BL[..., None], -1)[..., 0] - lse
+    p = jnp.exp(logits - lse[..., None])
+    return logp, lse - jnp.sum(p * logits, axis=-1)
+
+
+def token_logprobs(h_BLD, w_VD, targets_BL, chunk: int = 0):
+    """log softmax(h W^T)[target] and the entropy -sum p log p, per position, float32.
+
+    With chunk > 0 the sequence is processed `chunk` positions at a time under jax.checkpoint, so
+    at most one chunk's [B, chunk, V] float32 logits exist at once, in the forward and the backward.
+    """
+    B, L, D = h_BLD.shape
+    if chunk <= 0 or chunk >= L:
+        return _logp_entropy(h_BLD, w_VD, targets_BL)
+    n = -(-L // chunk)
+    pad = n * chunk - L
+    h = jnp.pad(h_BLD, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)
+    t = jnp.pad(targets_BL, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)
+    f = jax.checkpoint(lambda hc, tc: _logp_entropy(hc, w_VD, tc))
+    _, (lp, ent) = jax.lax.scan(lambda c, xs: (c, f(*xs)), None, (h, t))
+    unchunk = lambda x: x.swapaxes(0, 1).reshape(B, n * chunk)[:, :L]
+    return unchunk(lp), unchunk(ent)
+
+
+# ------------------------------------------------------------------ importance weights
+def importance_weights(log_w, mask):
+    """Self-normalised weights w_hat_j = exp(log_w_j) / sum_{k in mask} exp(log_w_k) over the
+    entries where mask is true (exactly 0 elsewhere), computed as a masked softmax in log space,
+    so finite for any finite log_w. ess = 1 / sum_j w_hat_j^2 (0 when the mask is empty)."""
+    lw = jnp.where(mask, log_w, -jnp.inf)
+    m = jnp.max(lw)
+    e = jnp.where(mask, jnp.exp(lw - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
+    total = jnp.sum(e)
+    w_hat = jnp.where(total > 0, e / jnp.where(total > 0, total, 1.0), 0.0)
+    sq = jnp.sum(w_hat ** 2)
+    return w_hat, jnp.where(sq > 0, 1.0 / jnp.where(sq > 0, sq, 1.0), 0.0)
+
+
+def shape_log_weights(log_w, lengths, mask, *, length_norm: bool, temperature: float, clip: float):
+    """[ours] options on log w before normalising: / length, / temperature, and a cap at
+    max(log w) - clip (clip > 0), which flattens the largest weights (truncated IS)."""
+    if length_norm:
+        log_w = log_w / jnp.maximum(lengths, 1)
+    log_w = log_w / temperature
+    if clip > 0:
+        top = jnp.max(jnp.where(mask, log_w, -jnp.inf))
+        log_w = jnp.minimum(log_w, top - clip)
+    return log_w
+
+
+# ------------------------------------------------------------------ advantages
+def _loo_mean(x_GK):
+    """mean_{j != i} x_j within each group (K >= 2)."""
+    K = x_GK.shape[-1]
+    return (jnp.sum(x_GK, -1, keepdims=True) - x_GK) / (K - 1)
+
+
+def _baselined(x_GK, estimator: str):
+    """Per-rollout scalar minus its group baseline: rloo (leave-one-out mean), grpo
+    ((x - mean) / (std + eps)), reinforce (no baseline)."""
+    if estimator == "rloo":
+        return x_GK - _loo_mean(x_GK)
+    if estimator == "grpo":
+        mu = jnp.mean(x_GK, -1, keepdims=True)
+        return (x_GK - mu) / (jnp.std(x_GK, -1, keepdims=True) + 1e-6)
+    if estimator == "reinforce":
+        return x_GK
+    raise ValueError(f"estimator={estimator!r}")
+
+
+def _process_baselined(process_GKT, mask_GKT, estimator: str):
+    """r'_t(i) = r_t(i) - b_i with b_i from the other rollouts' mean token rewards m_j:
+    rloo b_i = mean_{j != i} m_j; grpo (r_t - mean_j m_j) / (std_j m_j + eps); reinforce b = 0."""
+    m_GK = masked_mean(process_GKT, mask_GKT, axis=-1)
+    if estimator == "rloo":
+        return process_GKT - _loo_mean(m_GK)[..., None]
+    if estimator == "grpo":
+        mu, sd = jnp.mean(m_GK, -1, keepdims=True), jnp.std(m_GK, -1, keepdims=True)
+        return (process_GKT - mu[..., None]) / (sd[..., None] + 1e-6)
+    return process_GKT
+
+
+def advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten=False, estimator="rloo"):
+    """Token advantages [G, K, T] (ALGORITHM.md section 4):
+
+        A_o(i)  = r_o(i) - b(r_o)                      placed on the last real token of rollout i
+        r'_t(i) = r_phi,t(i) - b(m)                     m_j = mean token reward of rollout j
+        c_t     = alpha_o * A_o(i) [t = last] + alpha_p * r'_t(i)
+        G_t     = sum_{s >= t} c_s                      (gamma = 1), 0 where mask is false
+    then whitened over all masked tokens of the batch when `whiten`. b is the estimator's baseline.
+    """
+    mask = mask_GKT.astype(bool)
+    T = mask.shape[-1]
+    length = jnp.sum(mask, -1)
+    last_GKT = (jnp.arange(T) == (length - 1)[..., None]) & mask
+    c = alpha_o * _baselined(outcome_GK, estimator)[..., None] * last_GKT
+    c = c + alpha_p * jnp.where(mask, _process_baselined(process_GKT, mask, estimator), 0.0)
+    ret = jnp.flip(jnp.cumsum(jnp.flip(c, -1), -1), -1)
+    ret = jnp.where(mask, ret, 0.0)
+    return masked_whiten(ret, mask) if whiten else ret
+
+
+def rloo_advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten=False):
+    """RLOO with a separate leave-one-out baseline per source; see `advantages`."""
+    return advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten, "rloo")
+
+
+# ------------------------------------------------------------------ policy loss
+def policy_loss(logp, old_logp, adv, mask, entropy, *, clip_low, clip_high, entropy_coef,
+                ref_logp=None, kl_coef=0.0, denom=None):
+    """PPO clipped surrogate, token-averaged (sum over masked tokens / denom):
+
+        rho = exp(logp - old_logp)
+        L = mean_t max(-A rho, -A clip(rho, 1 - clip_low, 1 + clip_high))
+            - entropy_coef * mean_t H_t + kl_coef * mean_t k3(ref || pi)
+        k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1
+    Returns (loss, metrics): clip fraction, k3 KL of pi to the sampler, entropy."""
+    ratio = jnp.exp(logp - old_logp)
+    pg1 = -adv * ratio
+    pg2 = -adv * jnp.clip(ratio, 1 - clip_low, 1 + clip_high)
+    loss = masked_mean(jnp.maximum(pg1, pg2), mask, denom=denom)
+    ent = masked_mean(entropy, mask, denom=denom)
+    loss = loss - entropy_coef * ent
+    log_r = old_logp - logp
+    metrics = {"clip_frac": masked_mean((pg2 > pg1).astype(jnp.float32), mask, denom=denom),
+               "approx_kl": masked_mean(jnp.exp(log_r) - log_r - 1, mask, denom=denom), "entropy": ent}
+    if ref_logp is not None and kl_coef:
+        d = ref_logp - logp
+        kl = masked_mean(jnp.exp(d) - d - 1, mask, denom=denom)
+        loss = loss + kl_coef * kl
+        metrics["kl_ref"] = kl
+    return loss, metrics
+
+
+# ------------------------------------------------------------------ PRM losses
+def trajectory_scores(r_BT, mask_BT, kind: str = "mean"):
+    """s(tau) = mean (or sum) of the token rewards over response tokens."""
+    return masked_mean(r_BT, mask_BT, axis=-1) if kind == "mean" else masked_sum(r_BT, mask_BT, axis=-1)
+
+
+def repirl_loss(s_pos, pos_mask, s_neg, w_hat_neg):
+    """L_prm = sum_j w_hat_j s(tau_j) - mean_{tau in P} s(tau),  w_hat = stop_gradient(weights).
+
+    Its gradient is the self-normalised IS estimate of the max-likelihood EBM gradient:
+    sum_j w_hat_j grad s(tau_j) - mean_P grad s(tau)."""
+    return jnp.sum(jax.lax.stop_gradient(w_hat_neg) * s_neg) - masked_mean(s_pos, pos_mask)
+
+
+def bce_with_logits(logit, label):
+    """-[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))], stable."""
+    return jnp.maximum(logit, 0) - logit * label + jnp.log1p(jnp.exp(-jnp.abs(logit)))
+
+
+def prime_loss(R_rollouts, outcome, mask):
+    """PRIME: mean BCE(sigmoid(sum_t r_phi,t), r_o) over rollouts."""
+    return masked_mean(bce_with_logits(R_rollouts, outcome), mask)
+
+
+def discriminator_loss(s_expert, expert_mask, s_policy, policy_mask):
+    """AIRL/GAIL-style: mean BCE(sigmoid(s), 1) over experts and BCE(sigmoid(s), 0) over policy
+    samples, each trajectory weighted equally."""
+    n = jnp.maximum(jnp.sum(expert_mask) + jnp.sum(policy_mask), 1)
+    return (masked_sum(bce_with_logits(s_expert, 1.0), expert_mask)
+            + masked_sum(bce_with_logits(s_policy, 0.0), policy_mask)) / n
+
+
+def ranking_accuracy(s_GK, outcome_GK, valid_GK):
+    """Fraction of (correct, wrong) rollout pairs of the same prompt with s(correct) > s(wrong)
+    (ties count 1/2); nan when the batch has no such pair."""
+    pos = (outcome_GK > 0.5) & valid_GK
+    neg = (outcome_GK <= 0.5) & valid_GK
+    pair = pos[:, :, None] & neg[:, None, :]
+    d = s_GK[:, :, None] - s_GK[:, None, :]
+    won = jnp.where(d > 0, 1.0, jnp.where(d == 0, 0.5, 0.0))
+    n = jnp.sum(pair)
+    return jnp.where(n > 0, masked_sum(won, pair) / jnp.maximum(n, 1), jnp.nan)

@@ -1,0 +1,330 @@
+"""The rePIRL dual step: PRM update then policy update, in ONE jitted function.
+
+    state, metrics = step(state, batch)
+
+Order (ALGORITHM.md section 5, step 4): PRM forward on positives and negatives -> importance
+weights -> PRM loss and update (scan over minibatches, gradient accumulation over microbatches)
+-> PRM forward with the updated params on all rollouts -> per-source baselined advantages ->
+PPO-clipped policy loss over scanned minibatches against the sampler's log-probs -> policy update.
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from . import losses, prm
+from .config import OptimConfig, PolicyConfig, PRMConfig
+from .models import transformer
+from .models.config import ModelConfig
+from .sharding import Layout
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=[
+    "prompt_GP", "prompt_mask_GP", "rollout_GKT", "rollout_mask_GKT", "sampler_logp_GKT", "outcome_GK",
+    "format_GK", "expert_GET", "expert_mask_GET"], meta_fields=[])
+@dataclasses.dataclass
+class Batch:
+    """One iteration's data. G prompts, K rollouts and E expert solutions per prompt, P prompt
+    tokens (left-padded), T response tokens (right-padded)."""
+
+    prompt_GP: jax.Array  # int32 prompt tokens
+    prompt_mask_GP: jax.Array  # bool, real prompt tokens
+    rollout_GKT: jax.Array  # int32 policy responses
+    rollout_mask_GKT: jax.Array  # bool, real response tokens (through EOS)
+    sampler_logp_GKT: jax.Array  # float32 log pi_old(a_t | s_t) from the sampler (untempered)
+    outcome_GK: jax.Array  # float32 verifier outcome r_o in {0, 1}
+    format_GK: jax.Array  # float32 format reward added to the outcome source (0 when unused)
+    expert_GET: jax.Array  # int32 expert responses
+    expert_mask_GET: jax.Array  # bool; an all-false row is a missing expert
+
+    def axes(self) -> "Batch":
+        """Logical axes of every field (the leading G dimension is the sharded batch)."""
+        return Batch(*[("batch",) + (None,) * (x.ndim - 1) for x in dataclasses.astuple(self)])
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=[
+    "step", "policy", "prm", "prm_ref", "policy_ref", "policy_opt", "prm_opt"], meta_fields=[])
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array  # int32 number of dual steps taken
+    policy: dict  # policy LM params
+    prm: dict  # PRM params (see prm.py for each form's tree)
+    prm_ref: dict | None  # frozen initial PRM LM (implicit form) else None
+    policy_ref: dict | None  # frozen initial policy (kl_coef > 0) else None
+    policy_opt: optax.OptState
+    prm_opt: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    policy_model: ModelConfig
+    prm_model: ModelConfig  # the PRM trunk (for `shared`, the policy's config)
+    prm: PRMConfig = PRMConfig()
+    policy: PolicyConfig = PolicyConfig()
+
+
+def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
+    if o.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1), o.total_steps)
+    elif o.warmup_steps:
+        lr = optax.linear_schedule(0.0, o.lr, o.warmup_steps)
+    else:
+        lr = o.lr
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                       optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+
+
+def init_state(cfg: StepConfig, policy_params: dict, prm_trunk_params: dict | None) -> TrainState:
+    """prm_trunk_params: the PRM checkpoint's LM params (head / implicit); ignored for shared."""
+    prm_params = prm.init_params(cfg.prm.form, cfg.prm_model, prm_trunk_params)
+    copy = lambda t: jax.tree.map(jnp.copy, t)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), policy=policy_params, prm=prm_params,
+        prm_ref=copy(prm_trunk_params) if cfg.prm.form == "implicit" else None,
+        policy_ref=copy(policy_params) if cfg.policy.kl_coef > 0 else None,
+        policy_opt=make_optimizer(cfg.policy.optim).init(policy_params),
+        prm_opt=make_optimizer(cfg.prm.optim).init(prm_params))
+
+
+def state_shardings(cfg: StepConfig, layout: Layout, abstract: TrainState) -> TrainState:
+    """NamedShardings for every leaf: params by their logical axes, optimizer moments like their
+    params, scalars replicated."""
+    rep = layout.sharding(())
+    shard = lambda axes, tree: jax.tree.map(lambda a, x: layout.sharding(a, x.shape), axes, tree,
+                                           is_leaf=lambda v: isinstance(v, tuple))
+    pol_axes = transformer.param_axes(cfg.policy_model)
+    prm_axes = prm.param_axes(cfg.prm.form, cfg.prm_model)
+    pol, pr = shard(pol_axes, abstract.policy), shard(prm_axes, abstract.prm)
+
+    def opt(optim, state, param_shardings):
+        return optax.tree_map_params(make_optimizer(optim), lambda _, s: s, state, param_shardings,
+                                     transform_non_params=lambda _: rep)
+
+    return TrainState(
+        step=rep, policy=pol, prm=pr,
+        prm_ref=None if abstract.prm_ref is None else shard(transformer.param_axes(cfg.prm_model), abstract.prm_ref),
+        policy_ref=None if abstract.policy_ref is None else pol,
+        policy_opt=opt(cfg.policy.optim, abstract.policy_opt, pol),
+        prm_opt=opt(cfg.prm.optim, abstract.prm_opt, pr))
+
+
+def split(x, n: int):
+    """[G, ...] -> [n, G / n, ...], strided so every piece draws groups from every device."""
+    return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+
+
+def merge(x):
+    """Inverse of split."""
+    return x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _accumulate(loss_fn, params, pieces, n):
+    """Sum of loss and gradient over `n` microbatches (a scan), plus the summed aux."""
+    def body(acc, piece):
+        (l, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, piece)
+        return jax.tree.map(jnp.add, acc, (l, g, aux)), None
+
+    first = jax.tree.map(lambda x: x[0], pieces)
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: jax.value_and_grad(loss_fn, has_aux=True)(params, first)))
+    (l, aux), g = zero
+    (l, g, aux), _ = jax.lax.scan(body, (l, g, aux), pieces)
+    return l, g, aux
+
+
+def make_train_step(cfg: StepConfig, layout: Layout | None = None):
+    """Returns step(state, batch) -> (state, metrics): one jax.jit, state donated, shardings
+    declared when a layout is given."""
+    pc, qc = cfg.prm, cfg.policy
+    pol_cfg, prm_cfg = cfg.policy_model, cfg.prm_model
+    if pc.form != "shared":
+        prm.check_compatible(pol_cfg, prm_cfg)
+    pol_opt, prm_opt = make_optimizer(qc.optim), make_optimizer(pc.optim)
+
+    def rewards(prm_params, policy_params, ref, seqs):
+        return prm.token_rewards(pc.form, pc.beta, prm_cfg, pol_cfg, prm_params, policy_params, ref, seqs,
+                                 layout, qc.logit_chunk)
+
+    # ---------------------------------------------------------------- PRM
+    def prm_minibatch(carry, mb):
+        """One PRM update on a minibatch of groups: pass 1 (no grad) scores every trajectory and
+        fixes the per-trajectory loss coefficients (IS weights); pass 2 accumulates gradients."""
+        prm_params, opt_state, policy_params, ref = carry
+        g, K, T = mb.rollout_GKT.shape
+        E = mb.expert_GET.shape[1]
+        resp = jnp.concatenate([mb.rollout_GKT, mb.expert_GET], axis=1)  # [g, K + E, T]
+        resp_mask = jnp.concatenate([mb.rollout_mask_GKT, mb.expert_mask_GET], axis=1)
+        n_micro = pc.microbatches
+        pieces = tuple(split(x, n_micro) for x in (mb.prompt_GP, mb.prompt_mask_GP, resp, resp_mask))
+
+        def score(params, piece):
+            p, pm, r, rm = piece
+            seqs = prm.build_seqs(p, pm, r, rm)
+            r_BT = rewards(params, policy_params, ref, seqs)
+            m = rm.reshape(-1, T)
+            s = losses.trajectory_scores(r_BT, m, pc.score)
+            R = losses.masked_sum(r_BT, m, axis=-1)
+            return r_BT, s, R
+
+        _, s_mb, R_mb = jax.lax.map(lambda piece: score(prm_params, piece), pieces)
+        s_GN = merge(s_mb.reshape(n_micro, g // n_micro, K + E))
+        R_GN = merge(R_mb.reshape(n_micro, g // n_micro, K + E))
+        s_roll, R_roll = s_GN[:, :K], R_GN[:, :K]
+        rolled = mb.rollout_mask_GKT.any(-1)
+        expert = mb.expert_mask_GET.any(-1)
+        correct = (mb.outcome_GK > 0.5) & rolled
+        pos_roll = correct if pc.pseudo_experts else jnp.zeros_like(correct)
+        neg = (~correct & rolled) if pc.negatives == "failed" else rolled
+        n_pos = jnp.maximum(jnp.sum(expert) + jnp.sum(pos_roll), 1)
+
+        log_w = R_roll - losses.masked_sum(mb.sampler_logp_GKT, mb.rollout_mask_GKT, axis=-1)
+        log_w = losses.shape_log_weights(log_w, jnp.sum(mb.rollout_mask_GKT, -1), neg,
+                                         length_norm=pc.is_length_norm, temperature=pc.is_temperature,
+                                         clip=pc.is_clip)
+        if not pc.importance_weights:
+            w_hat = neg / jnp.maximum(jnp.sum(neg), 1)
+            ess = jnp.sum(neg).astype(jnp.float32)
+        elif pc.is_scope == "batch":
+            w_hat, ess = losses.importance_weights(log_w, neg)
+        else:  # per prompt, then averaged over the prompts that have negatives
+            w_hat, ess_g = jax.vmap(losses.importance_weights)(log_w, neg)
+            has = neg.any(-1)
+            w_hat = w_hat / jnp.maximum(jnp.sum(has), 1)
+            ess = losses.masked_mean(ess_g, has)
+
+        # per-trajectory loss l_j(s_j, R_j) with constants fixed by pass 1; rollouts then experts
+        if pc.loss == "repirl":
+            coef = jnp.concatenate([w_hat - pos_roll / n_pos, -(expert / n_pos)], axis=1)
+            traj_loss = lambda s, R, c: c * s
+            consts = coef
+        elif pc.loss == "prime":
+            n = jnp.maximum(jnp.sum(rolled), 1)
+            y = jnp.concatenate([mb.outcome_GK, jnp.zeros((g, E))], axis=1)
+            wt = jnp.concatenate([rolled / n, jnp.zeros((g, E))], axis=1)
+            traj_loss = lambda s, R, c: c[0] * losses.bce_with_logits(R, c[1])
+            consts = jnp.stack([wt, y], axis=-1)
+        else:  # discriminator: experts 1, policy samples 0
+            n = jnp.maximum(jnp.sum(rolled) + jnp.sum(expert), 1)
+            y = jnp.concatenate([jnp.zeros((g, K)), jnp.ones((g, E))], axis=1)
+            wt = jnp.concatenate([rolled, expert], axis=1) / n
+            traj_loss = lambda s, R, c: c[0] * losses.bce_with_logits(s, c[1])
+            consts = jnp.stack([wt, y], axis=-1)
+        n_tokens = jnp.maximum(jnp.sum(resp_mask), 1)
+
+        def loss_fn(params, piece):
+            *seq_piece, c = piece
+            r_BT, s, R = score(params, seq_piece)
+            c = c.reshape(s.shape[0], *c.shape[2:])
+            m = seq_piece[3].reshape(-1, T)
+            l = jnp.sum(jax.vmap(traj_loss)(s, R, c))
+            l2 = pc.reward_l2 * losses.masked_sum(jnp.square(r_BT), m) / n_tokens
+            return l + l2, ()
+
+        loss, grads, _ = _accumulate(loss_fn, prm_params, (*pieces, split(consts, n_micro)), n_micro)
+        updates, opt_state = prm_opt.update(grads, opt_state, prm_params)
+        prm_params = optax.apply_updates(prm_params, updates)
+        is_pos = jnp.concatenate([pos_roll, expert], axis=1)
+        is_neg = jnp.concatenate([neg, jnp.zeros_like(expert)], axis=1)
+        m = dict(prm_loss=loss, prm_grad_norm=optax.global_norm(grads), ess=ess,
+                 ess_frac=ess / jnp.maximum(jnp.sum(neg), 1), max_weight=jnp.max(w_hat),
+                 reward_gap=losses.masked_mean(s_GN, is_pos) - losses.masked_mean(s_GN, is_neg),
+                 ranking_acc=losses.ranking_accuracy(s_roll, mb.outcome_GK, rolled))
+        return (prm_params, opt_state, policy_params, ref), m
+
+    # ---------------------------------------------------------------- policy
+    def policy_minibatch(carry, mb):
+        params, opt_state = carry
+        prompt, pmask, roll, rmask, old_lp, adv = mb
+        n_micro = qc.microbatches
+        denom = jnp.maximum(jnp.sum(rmask), 1)
+
+        def loss_fn(p, piece):
+            pp, pm, r, rm, olp, a, ref_lp = piece
+            seqs = prm.build_seqs(pp, pm, r, rm)
+            lp, ent = prm.response_logprobs(pol_cfg, p, seqs, layout, qc.logit_chunk)
+            T = r.shape[-1]
+            flat = lambda x: x.reshape(-1, T)
+            return losses.policy_loss(lp, flat(olp), flat(a), flat(rm), ent, clip_low=qc.clip_low,
+                                      clip_high=qc.clip_high, entropy_coef=qc.entropy_coef,
+                                      ref_logp=None if ref_lp is None else flat(ref_lp), kl_coef=qc.kl_coef,
+                                      denom=denom)
+
+        ref_lp = mb[6] if len(mb) > 6 else None
+        pieces = tuple(split(x, n_micro) for x in (prompt, pmask, roll, rmask, old_lp, adv)) + (
+            None if ref_lp is None else split(ref_lp, n_micro),)
+        loss, grads, aux = _accumulate(loss_fn, params, pieces, n_micro)
+        updates, opt_state = pol_opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), dict(policy_loss=loss, policy_grad_norm=optax.global_norm(grads), **aux)
+
+    # ---------------------------------------------------------------- the step
+    def step(state: TrainState, batch: Batch):
+        G, K, T = batch.rollout_GKT.shape
+        metrics = {}
+        prm_params, prm_opt_state = state.prm, state.prm_opt
+        mask = batch.rollout_mask_GKT
+        if pc.loss != "none":
+            mbs = jax.tree.map(lambda x: split(x, pc.minibatches), batch)
+            (prm_params, prm_opt_state, _, _), pm = jax.lax.scan(
+                prm_minibatch, (prm_params, prm_opt_state, state.policy, state.prm_ref), mbs)
+            metrics |= {k: jnp.nanmean(v) if k == "ranking_acc" else jnp.mean(v) for k, v in pm.items()}
+            metrics["max_weight"] = jnp.max(pm["max_weight"])
+            # process rewards of every rollout from the updated PRM
+            seqs = prm.build_seqs(batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask)
+            r_GKT = jax.lax.stop_gradient(rewards(prm_params, state.policy, state.prm_ref, seqs)).reshape(G, K, T)
+            metrics["process_reward_mean"] = losses.masked_mean(r_GKT, mask)
+            metrics["ranking_acc_after"] = losses.ranking_accuracy(
+                losses.trajectory_scores(r_GKT, mask, pc.score), batch.outcome_GK, mask.any(-1))
+        else:
+            r_GKT = jnp.zeros(mask.shape, jnp.float32)
+        outcome = qc.alpha_o * batch.outcome_GK + batch.format_GK
+        adv = losses.advantages(outcome, r_GKT, mask, 1.0, qc.alpha_p if pc.loss != "none" else 0.0,
+                                qc.whiten, qc.estimator)
+        pol_mb = [batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask, batch.sampler_logp_GKT, adv]
+        if state.policy_ref is not None:
+            seqs = prm.build_seqs(batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask)
+            ref_lp, _ = prm.response_logprobs(pol_cfg, state.policy_ref, seqs, layout, qc.logit_chunk)
+            pol_mb.append(jax.lax.stop_gradient(ref_lp).reshape(G, K, T))
+        (policy, policy_opt), qm = jax.lax.scan(policy_minibatch, (state.policy, state.policy_opt),
+                                                tuple(split(x, qc.minibatches) for x in pol_mb))
+        metrics |= {k: jnp.mean(v) for k, v in qm.items()}
+        same = jnp.all(outcome == outcome[:, :1], axis=-1)
+        metrics |= dict(zero_adv_group_frac=jnp.mean(same.astype(jnp.float32)),
+                        outcome_mean=losses.masked_mean(batch.outcome_GK, mask.any(-1)),
+                        rollout_tokens=jnp.sum(mask), expert_tokens=jnp.sum(batch.expert_mask_GET),
+                        response_len_mean=jnp.mean(jnp.sum(mask, -1).astype(jnp.float32)))
+        new = TrainState(step=state.step + 1, policy=policy, prm=prm_params, prm_ref=state.prm_ref,
+                         policy_ref=state.policy_ref, policy_opt=policy_opt, prm_opt=prm_opt_state)
+        return new, metrics
+
+    if layout is None:
+        return jax.jit(step, donate_argnums=0)
+    return _sharded_jit(cfg, layout, step)
+
+
+def _sharded_jit(cfg: StepConfig, layout: Layout, step):
+    """jit with declared in/out shardings; the abstract state comes from init_state's shapes."""
+    abs_pol = transformer.abstract_params(cfg.policy_model)
+    abs_prm = None if cfg.prm.form == "shared" else transformer.abstract_params(cfg.prm_model)
+    abstract = jax.eval_shape(lambda a, b: init_state(cfg, a, b), abs_pol, abs_prm)
+    st = state_shardings(cfg, layout, abstract)
+
+    def batch_shardings(batch: Batch) -> Batch:
+        return jax.tree.map(lambda a, x: layout.sharding(a, x.shape), batch.axes(), batch,
+                            is_leaf=lambda v: isinstance(v, tuple))
+
+    jitted = {}
+
+    def run(state, batch):
+        key = jax.tree.map(lambda x: x.shape, batch)
+        key = tuple(jax.tree.leaves(key))
+        if key not in jitted:
+            jitted[key] = jax.jit(step, donate_argnums=0, in_shardings=(st, batch_shardings(batch)),
+                                  out_shardings=(st, layout.sharding(())))
+        return jitted[key](state, batch)
+
+    run.state_shardings = st
+    return run
