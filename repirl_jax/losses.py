@@ -181,8 +181,11 @@ def repirl_loss(s_pos, pos_mask, s_neg, w_hat_neg):
 
 
 def bce_with_logits(logit, label):
-    """-[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))], stable."""
-    return jnp.maximum(logit, 0) - logit * label + jnp.log1p(jnp.exp(-jnp.abs(logit)))
+    """-[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))] = softplus(z) - y z.
+
+    softplus, not max(z, 0) + log1p(exp(-|z|)): that form's autodiff gradient at z = 0 is -y
+    instead of sigmoid(0) - y, and z = 0 is exactly where the implicit PRM starts (phi = ref)."""
+    return jax.nn.softplus(logit) - logit * label
 
 
 def prime_loss(R_rollouts, outcome, mask):

@@ -1,0 +1,189 @@
+"""Every loss against a slow numpy reference written here, on random inputs."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from repirl_jax import losses
+
+rng = np.random.RandomState(0)
+
+
+def ref_importance_weights(log_w, mask):
+    lw = np.asarray(log_w, np.float64)[mask]
+    w = np.zeros(np.shape(log_w))
+    if lw.size:
+        e = np.exp(lw - lw.max())
+        w[mask] = e / e.sum()
+    return w, (1 / np.sum(w ** 2) if lw.size else 0.0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 50.0, 1e3, 1e5])
+def test_importance_weights_log_space_extremes(scale):
+    log_w = (rng.randn(37) * scale).astype(np.float32)
+    mask = rng.rand(37) < 0.6
+    w, ess = losses.importance_weights(jnp.asarray(log_w), jnp.asarray(mask))
+    w_ref, ess_ref = ref_importance_weights(log_w, mask)
+    assert np.isfinite(w).all() and np.isfinite(ess)
+    np.testing.assert_allclose(w, w_ref, atol=1e-6)
+    assert np.all(np.asarray(w)[~mask] == 0.0)
+    np.testing.assert_allclose(ess, ess_ref, rtol=1e-4)
+
+
+def test_importance_weights_empty_mask_and_huge_equal_values():
+    w, ess = losses.importance_weights(jnp.full((5,), 1e5), jnp.zeros(5, bool))
+    assert np.all(np.asarray(w) == 0) and float(ess) == 0.0
+    w, ess = losses.importance_weights(jnp.array([1e5, 1e5, -1e5, 3.0]), jnp.array([True, True, True, False]))
+    np.testing.assert_allclose(w, [0.5, 0.5, 0.0, 0.0])
+    assert float(ess) == pytest.approx(2.0)
+
+
+def ref_advantages(outcome, process, mask, alpha_o, alpha_p, whiten, estimator):
+    G, K, T = process.shape
+    adv = np.zeros((G, K, T))
+    m = np.array([[process[g, k][mask[g, k]].mean() if mask[g, k].any() else 0.0 for k in range(K)] for g in range(G)])
+    for g in range(G):
+        for i in range(K):
+            others = [j for j in range(K) if j != i]
+            if estimator == "rloo":
+                a_o = outcome[g, i] - np.mean(outcome[g, others])
+                b_p = np.mean(m[g, others])
+                proc = process[g, i] - b_p
+            elif estimator == "grpo":
+                a_o = (outcome[g, i] - outcome[g].mean()) / (outcome[g].std() + 1e-6)
+                proc = (process[g, i] - m[g].mean()) / (m[g].std() + 1e-6)
+            else:
+                a_o, proc = outcome[g, i], process[g, i]
+            L = int(mask[g, i].sum())
+            c = alpha_p * np.where(mask[g, i], proc, 0.0)
+            if L:
+                c[L - 1] += alpha_o * a_o
+            for t in range(T):
+                adv[g, i, t] = c[t:].sum() if mask[g, i, t] else 0.0
+    if whiten:
+        v = adv[mask]
+        adv = np.where(mask, (adv - v.mean()) / np.sqrt(v.var() + 1e-8), 0.0)
+    return adv
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo", "reinforce"])
+@pytest.mark.parametrize("whiten", [False, True])
+def test_advantages_match_reference(estimator, whiten):
+    G, K, T = 3, 4, 7
+    outcome = (rng.rand(G, K) < 0.5).astype(np.float32)
+    process = rng.randn(G, K, T).astype(np.float32)
+    lens = rng.randint(1, T + 1, (G, K))
+    mask = np.arange(T) < lens[..., None]
+    got = losses.advantages(outcome, process, mask, 1.0, 0.1, whiten, estimator)
+    np.testing.assert_allclose(got, ref_advantages(outcome, process, mask, 1.0, 0.1, whiten, estimator), atol=1e-5)
+    if estimator == "rloo":
+        np.testing.assert_allclose(losses.rloo_advantages(outcome, process, mask, 1.0, 0.1, whiten), got, atol=1e-6)
+
+
+def test_rloo_outcome_only_is_leave_one_out():
+    out = np.array([[1.0, 0.0, 0.0, 1.0]])
+    mask = np.ones((1, 4, 3), bool)
+    adv = np.asarray(losses.rloo_advantages(out, np.zeros((1, 4, 3)), mask, 1.0, 0.0))
+    np.testing.assert_allclose(adv[0, :, 0], [1 - 1 / 3, -2 / 3, -2 / 3, 1 - 1 / 3], atol=1e-6)
+    assert np.allclose(adv[0, :, 0], adv[0, :, 2])  # gamma = 1: the last-token reward reaches t = 0
+
+
+def test_policy_loss_matches_reference():
+    B, T = 4, 6
+    logp, old = rng.randn(B, T) * 0.3 - 2, rng.randn(B, T) * 0.3 - 2
+    adv, ent, ref = rng.randn(B, T), rng.rand(B, T) * 3, rng.randn(B, T) * 0.3 - 2
+    mask = rng.rand(B, T) < 0.7
+    loss, m = losses.policy_loss(logp, old, adv, mask, ent, clip_low=0.2, clip_high=0.28, entropy_coef=0.01,
+                                 ref_logp=ref, kl_coef=0.1)
+    r = np.exp(logp - old)
+    pg = np.maximum(-adv * r, -adv * np.clip(r, 0.8, 1.28))
+    d = ref - logp
+    want = pg[mask].mean() - 0.01 * ent[mask].mean() + 0.1 * (np.exp(d) - d - 1)[mask].mean()
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_allclose(m["clip_frac"], (-adv * np.clip(r, 0.8, 1.28) > -adv * r)[mask].mean(), rtol=1e-6)
+
+
+def test_repirl_gradient_is_self_normalised_estimator():
+    """d/dphi of L_prm with s = phi . features equals sum_j w_j f_j - mean_P f (the EBM gradient)."""
+    n_pos, n_neg, d = 5, 7, 3
+    f_pos, f_neg = rng.randn(n_pos, d), rng.randn(n_neg, d)
+    logpi = rng.randn(n_neg) * 3
+    phi = jnp.asarray(rng.randn(d))
+    mask_neg = np.ones(n_neg, bool)
+
+    def loss(phi):
+        s_pos, s_neg = f_pos @ phi, f_neg @ phi
+        w, _ = losses.importance_weights(s_neg * 4 - logpi, mask_neg)  # R = sum of 4 equal token rewards
+        return losses.repirl_loss(s_pos, np.ones(n_pos, bool), s_neg, w)
+
+    g = jax.grad(loss)(phi)
+    lw = 4 * (f_neg @ np.asarray(phi)) - logpi
+    w = np.exp(lw - lw.max())
+    w /= w.sum()
+    np.testing.assert_allclose(g, w @ f_neg - f_pos.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_bce_losses_match_reference():
+    z, y = rng.randn(9) * 5, (rng.rand(9) < 0.5).astype(np.float64)
+    mask = rng.rand(9) < 0.8
+    sig = 1 / (1 + np.exp(-z))
+    bce = -(y * np.log(sig) + (1 - y) * np.log(1 - sig))
+    np.testing.assert_allclose(losses.prime_loss(z, y, mask), bce[mask].mean(), rtol=1e-5)
+    se, sp = rng.randn(4), rng.randn(6)
+    me, mp = np.array([1, 1, 0, 1], bool), np.ones(6, bool)
+    want = (np.sum(np.log1p(np.exp(-se))[me]) + np.sum(np.log1p(np.exp(sp)))) / (me.sum() + 6)
+    np.testing.assert_allclose(losses.discriminator_loss(se, me, sp, mp), want, rtol=1e-5)
+
+
+def test_bce_gradient_is_sigmoid_minus_label_even_at_zero():
+    """The implicit PRM starts at r = 0 exactly (phi = ref): the gradient there must be right."""
+    y = jnp.array([1.0, 0.0, 1.0, 0.0])
+    for z in (jnp.zeros(4), jnp.array([3.0, -2.0, 1e-7, -40.0])):
+        g = jax.grad(lambda z: jnp.sum(losses.bce_with_logits(z, y)))(z)
+        np.testing.assert_allclose(g, jax.nn.sigmoid(z) - y, atol=1e-7)
+
+
+def test_ranking_accuracy_with_ties():
+    s = np.array([[3.0, 1.0, 1.0, 2.0], [0.0, 0.0, 5.0, 5.0]])
+    out = np.array([[1, 0, 1, 0], [1, 0, 0, 0]], np.float32)
+    valid = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], bool)
+    # group 0: pos {3, 1}, neg {1, 2}: (3>1) 1, (3>2) 1, (1=1) .5, (1<2) 0 -> 2.5 / 4
+    # group 1: pos {0}, neg {0, 5} (last invalid): (0=0) .5, (0<5) 0 -> .5 / 2
+    np.testing.assert_allclose(losses.ranking_accuracy(s, out, valid), 3.0 / 6)
+    assert np.isnan(losses.ranking_accuracy(s, np.ones_like(out), valid))
+
+
+def test_trajectory_scores_and_whiten():
+    r = rng.randn(3, 5)
+    m = rng.rand(3, 5) < 0.7
+    m[:, 0] = True
+    np.testing.assert_allclose(losses.trajectory_scores(r, m, "mean"), [r[i][m[i]].mean() for i in range(3)], rtol=1e-6)
+    np.testing.assert_allclose(losses.trajectory_scores(r, m, "sum"), [r[i][m[i]].sum() for i in range(3)], rtol=1e-6)
+    w = np.asarray(losses.masked_whiten(jnp.asarray(r), m))
+    assert abs(w[m].mean()) < 1e-5 and abs(w[m].std() - 1) < 1e-3 and np.all(w[~m] == 0)
+
+
+def test_shape_log_weights_options():
+    lw, lens, mask = jnp.array([10.0, 4.0, -2.0]), jnp.array([5, 2, 1]), jnp.array([True, True, True])
+    np.testing.assert_allclose(losses.shape_log_weights(lw, lens, mask, length_norm=True, temperature=1.0, clip=0),
+                               [2.0, 2.0, -2.0])
+    np.testing.assert_allclose(losses.shape_log_weights(lw, lens, mask, length_norm=False, temperature=2.0, clip=0),
+                               [5.0, 2.0, -1.0])
+    np.testing.assert_allclose(losses.shape_log_weights(lw, lens, mask, length_norm=False, temperature=1.0, clip=3),
+                               [7.0, 4.0, -2.0])
+
+
+@pytest.mark.parametrize("chunk", [0, 3, 4])
+def test_chunked_token_logprobs_equal_reference_and_grads(chunk):
+    B, L, D, V = 2, 10, 8, 23
+    h, w = jnp.asarray(rng.randn(B, L, D), jnp.float32), jnp.asarray(rng.randn(V, D), jnp.float32)
+    t = jnp.asarray(rng.randint(0, V, (B, L)))
+    lp, ent = losses.token_logprobs(h, w, t, chunk)
+    logits = np.asarray(h, np.float64) @ np.asarray(w, np.float64).T
+    logp_all = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    np.testing.assert_allclose(lp, np.take_along_axis(logp_all, np.asarray(t)[..., None], -1)[..., 0], atol=1e-4)
+    np.testing.assert_allclose(ent, -(np.exp(logp_all) * logp_all).sum(-1), atol=1e-4)
+    f = lambda h, w, c: jnp.sum(losses.token_logprobs(h, w, t, c)[0]) + jnp.sum(losses.token_logprobs(h, w, t, c)[1])
+    g0, g1 = jax.grad(f, argnums=(0, 1))(h, w, 0), jax.grad(f, argnums=(0, 1))(h, w, chunk)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g0, g1)
