@@ -46,7 +46,7 @@ def cmd_convert(args) -> int:
     return 0
 
 
-BENCHES = ("sampler",)
+BENCHES = ("sampler", "step_memory")
 
 
 def cmd_bench(args) -> int:
