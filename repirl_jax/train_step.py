@@ -135,6 +135,59 @@ def _accumulate(loss_fn, params, pieces, n):
     return l, g, aux
 
 
+def trajectory_loss_terms(pc: PRMConfig, mb: Batch, R_roll):
+    """The PRM loss as a sum of per-trajectory terms l_j(s_j, R_j; c_j) over [rollouts | experts]
+    of each group, with constants c_j fixed from the pre-update scores (ALGORITHM.md section 3):
+
+      repirl         c_j s_j,  c = w_hat_j [j in N] - [j in P] / |P|,  log w_j = R_j - sum_t log pi_old
+      prime          BCE(sigmoid(R_j), r_o(j)) / #rollouts over rollouts
+      discriminator  BCE(sigmoid(s_j), [j is expert]) / #trajectories
+    Returns (l, constants [g, K + E, ...], the sets and weights for the metrics)."""
+    g, K = mb.outcome_GK.shape
+    E = mb.expert_GET.shape[1]
+    rolled = mb.rollout_mask_GKT.any(-1)
+    expert = mb.expert_mask_GET.any(-1)
+    correct = (mb.outcome_GK > 0.5) & rolled
+    pos_roll = correct if pc.pseudo_experts else jnp.zeros_like(correct)
+    neg = (~correct & rolled) if pc.negatives == "failed" else rolled
+    n_pos = jnp.maximum(jnp.sum(expert) + jnp.sum(pos_roll), 1)
+
+    log_w = R_roll - losses.masked_sum(mb.sampler_logp_GKT, mb.rollout_mask_GKT, axis=-1)
+    log_w = losses.shape_log_weights(log_w, jnp.sum(mb.rollout_mask_GKT, -1), neg, length_norm=pc.is_length_norm,
+                                     temperature=pc.is_temperature, clip=pc.is_clip)
+    if not pc.importance_weights:
+        w_hat = neg / jnp.maximum(jnp.sum(neg), 1)
+        ess = jnp.sum(neg).astype(jnp.float32)
+    elif pc.is_scope == "batch":
+        w_hat, ess = losses.importance_weights(log_w, neg)
+    else:  # per prompt, then averaged over the prompts that have negatives
+        w_hat, ess_g = jax.vmap(losses.importance_weights)(log_w, neg)
+        has = neg.any(-1)
+        w_hat = w_hat / jnp.maximum(jnp.sum(has), 1)
+        ess = losses.masked_mean(ess_g, has)
+
+    if pc.loss == "repirl":
+        consts = jnp.concatenate([w_hat - pos_roll / n_pos, -(expert / n_pos)], axis=1)
+        traj_loss = lambda s, R, c: c * s
+    elif pc.loss == "prime":
+        y = jnp.concatenate([mb.outcome_GK, jnp.zeros((g, E))], axis=1)
+        wt = jnp.concatenate([rolled / jnp.maximum(jnp.sum(rolled), 1), jnp.zeros((g, E))], axis=1)
+        consts = jnp.stack([wt, y], axis=-1)
+        traj_loss = lambda s, R, c: c[0] * losses.bce_with_logits(R, c[1])
+    else:  # discriminator: experts 1, policy samples 0
+        y = jnp.concatenate([jnp.zeros((g, K)), jnp.ones((g, E))], axis=1)
+        wt = jnp.concatenate([rolled, expert], axis=1) / jnp.maximum(jnp.sum(rolled) + jnp.sum(expert), 1)
+        consts = jnp.stack([wt, y], axis=-1)
+        traj_loss = lambda s, R, c: c[0] * losses.bce_with_logits(s, c[1])
+    return traj_loss, consts, dict(pos_roll=pos_roll, neg=neg, expert=expert, w_hat=w_hat, ess=ess)
+
+
+def map_pieces(fn, arrays, n: int):
+    """fn over n microbatches of the leading (group) axis via lax.map; results re-merged, so at
+    most one microbatch's activations are live."""
+    return jax.tree.map(merge, jax.lax.map(fn, tuple(split(x, n) for x in arrays)))
+
+
 def make_train_step(cfg: StepConfig, layout: Layout | None = None):
     """Returns step(state, batch) -> (state, metrics): one jax.jit, state donated, shardings
     declared when a layout is given."""
@@ -158,80 +211,38 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         resp = jnp.concatenate([mb.rollout_GKT, mb.expert_GET], axis=1)  # [g, K + E, T]
         resp_mask = jnp.concatenate([mb.rollout_mask_GKT, mb.expert_mask_GET], axis=1)
         n_micro = pc.microbatches
-        pieces = tuple(split(x, n_micro) for x in (mb.prompt_GP, mb.prompt_mask_GP, resp, resp_mask))
+        arrays = (mb.prompt_GP, mb.prompt_mask_GP, resp, resp_mask)
 
         def score(params, piece):
-            p, pm, r, rm = piece
-            seqs = prm.build_seqs(p, pm, r, rm)
+            """token rewards [B, T], scores s and returns R [groups, K + E] of one microbatch."""
+            seqs = prm.build_seqs(*piece)
             r_BT = rewards(params, policy_params, ref, seqs)
-            m = rm.reshape(-1, T)
-            s = losses.trajectory_scores(r_BT, m, pc.score)
-            R = losses.masked_sum(r_BT, m, axis=-1)
-            return r_BT, s, R
+            m = piece[3].reshape(-1, T)
+            s = losses.trajectory_scores(r_BT, m, pc.score).reshape(-1, K + E)
+            return r_BT, s, losses.masked_sum(r_BT, m, axis=-1).reshape(-1, K + E)
 
-        _, s_mb, R_mb = jax.lax.map(lambda piece: score(prm_params, piece), pieces)
-        s_GN = merge(s_mb.reshape(n_micro, g // n_micro, K + E))
-        R_GN = merge(R_mb.reshape(n_micro, g // n_micro, K + E))
+        s_GN, R_GN = map_pieces(lambda piece: score(prm_params, piece)[1:], arrays, n_micro)
         s_roll, R_roll = s_GN[:, :K], R_GN[:, :K]
-        rolled = mb.rollout_mask_GKT.any(-1)
-        expert = mb.expert_mask_GET.any(-1)
-        correct = (mb.outcome_GK > 0.5) & rolled
-        pos_roll = correct if pc.pseudo_experts else jnp.zeros_like(correct)
-        neg = (~correct & rolled) if pc.negatives == "failed" else rolled
-        n_pos = jnp.maximum(jnp.sum(expert) + jnp.sum(pos_roll), 1)
-
-        log_w = R_roll - losses.masked_sum(mb.sampler_logp_GKT, mb.rollout_mask_GKT, axis=-1)
-        log_w = losses.shape_log_weights(log_w, jnp.sum(mb.rollout_mask_GKT, -1), neg,
-                                         length_norm=pc.is_length_norm, temperature=pc.is_temperature,
-                                         clip=pc.is_clip)
-        if not pc.importance_weights:
-            w_hat = neg / jnp.maximum(jnp.sum(neg), 1)
-            ess = jnp.sum(neg).astype(jnp.float32)
-        elif pc.is_scope == "batch":
-            w_hat, ess = losses.importance_weights(log_w, neg)
-        else:  # per prompt, then averaged over the prompts that have negatives
-            w_hat, ess_g = jax.vmap(losses.importance_weights)(log_w, neg)
-            has = neg.any(-1)
-            w_hat = w_hat / jnp.maximum(jnp.sum(has), 1)
-            ess = losses.masked_mean(ess_g, has)
-
-        # per-trajectory loss l_j(s_j, R_j) with constants fixed by pass 1; rollouts then experts
-        if pc.loss == "repirl":
-            coef = jnp.concatenate([w_hat - pos_roll / n_pos, -(expert / n_pos)], axis=1)
-            traj_loss = lambda s, R, c: c * s
-            consts = coef
-        elif pc.loss == "prime":
-            n = jnp.maximum(jnp.sum(rolled), 1)
-            y = jnp.concatenate([mb.outcome_GK, jnp.zeros((g, E))], axis=1)
-            wt = jnp.concatenate([rolled / n, jnp.zeros((g, E))], axis=1)
-            traj_loss = lambda s, R, c: c[0] * losses.bce_with_logits(R, c[1])
-            consts = jnp.stack([wt, y], axis=-1)
-        else:  # discriminator: experts 1, policy samples 0
-            n = jnp.maximum(jnp.sum(rolled) + jnp.sum(expert), 1)
-            y = jnp.concatenate([jnp.zeros((g, K)), jnp.ones((g, E))], axis=1)
-            wt = jnp.concatenate([rolled, expert], axis=1) / n
-            traj_loss = lambda s, R, c: c[0] * losses.bce_with_logits(s, c[1])
-            consts = jnp.stack([wt, y], axis=-1)
+        traj_loss, consts, sets = trajectory_loss_terms(pc, mb, R_roll)
         n_tokens = jnp.maximum(jnp.sum(resp_mask), 1)
 
         def loss_fn(params, piece):
             *seq_piece, c = piece
             r_BT, s, R = score(params, seq_piece)
-            c = c.reshape(s.shape[0], *c.shape[2:])
-            m = seq_piece[3].reshape(-1, T)
-            l = jnp.sum(jax.vmap(traj_loss)(s, R, c))
-            l2 = pc.reward_l2 * losses.masked_sum(jnp.square(r_BT), m) / n_tokens
+            l = jnp.sum(jax.vmap(jax.vmap(traj_loss))(s, R, c))
+            l2 = pc.reward_l2 * losses.masked_sum(jnp.square(r_BT), seq_piece[3].reshape(-1, T)) / n_tokens
             return l + l2, ()
 
-        loss, grads, _ = _accumulate(loss_fn, prm_params, (*pieces, split(consts, n_micro)), n_micro)
+        pieces = tuple(split(x, n_micro) for x in (*arrays, consts))
+        loss, grads, _ = _accumulate(loss_fn, prm_params, pieces, n_micro)
         updates, opt_state = prm_opt.update(grads, opt_state, prm_params)
         prm_params = optax.apply_updates(prm_params, updates)
-        is_pos = jnp.concatenate([pos_roll, expert], axis=1)
-        is_neg = jnp.concatenate([neg, jnp.zeros_like(expert)], axis=1)
-        m = dict(prm_loss=loss, prm_grad_norm=optax.global_norm(grads), ess=ess,
-                 ess_frac=ess / jnp.maximum(jnp.sum(neg), 1), max_weight=jnp.max(w_hat),
+        is_pos = jnp.concatenate([sets["pos_roll"], sets["expert"]], axis=1)
+        is_neg = jnp.concatenate([sets["neg"], jnp.zeros_like(sets["expert"])], axis=1)
+        m = dict(prm_loss=loss, prm_grad_norm=optax.global_norm(grads), ess=sets["ess"],
+                 ess_frac=sets["ess"] / jnp.maximum(jnp.sum(sets["neg"]), 1), max_weight=jnp.max(sets["w_hat"]),
                  reward_gap=losses.masked_mean(s_GN, is_pos) - losses.masked_mean(s_GN, is_neg),
-                 ranking_acc=losses.ranking_accuracy(s_roll, mb.outcome_GK, rolled))
+                 ranking_acc=losses.ranking_accuracy(s_roll, mb.outcome_GK, mb.rollout_mask_GKT.any(-1)))
         return (prm_params, opt_state, policy_params, ref), m
 
     # ---------------------------------------------------------------- policy
@@ -263,6 +274,13 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
     # ---------------------------------------------------------------- the step
     def step(state: TrainState, batch: Batch):
         G, K, T = batch.rollout_GKT.shape
+        for name, c in (("prm", pc), ("policy", qc)):
+            if G % (c.minibatches * c.microbatches):
+                raise ValueError(f"batch of {G} prompts: not divisible by {name}.minibatches x {name}.microbatches "
+                                 f"= {c.minibatches} x {c.microbatches}")
+        if K < 2 and qc.estimator != "reinforce":
+            raise ValueError(f"{K} rollout(s) per prompt: policy.estimator={qc.estimator!r} needs K >= 2")
+        n_pieces = qc.minibatches * qc.microbatches  # forward-only passes over the whole batch
         metrics = {}
         prm_params, prm_opt_state = state.prm, state.prm_opt
         mask = batch.rollout_mask_GKT
@@ -273,8 +291,9 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
             metrics |= {k: jnp.nanmean(v) if k == "ranking_acc" else jnp.mean(v) for k, v in pm.items()}
             metrics["max_weight"] = jnp.max(pm["max_weight"])
             # process rewards of every rollout from the updated PRM
-            seqs = prm.build_seqs(batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask)
-            r_GKT = jax.lax.stop_gradient(rewards(prm_params, state.policy, state.prm_ref, seqs)).reshape(G, K, T)
+            r_GKT = jax.lax.stop_gradient(map_pieces(
+                lambda a: rewards(prm_params, state.policy, state.prm_ref, prm.build_seqs(*a)).reshape(-1, K, T),
+                (batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask), n_pieces))
             metrics["process_reward_mean"] = losses.masked_mean(r_GKT, mask)
             metrics["ranking_acc_after"] = losses.ranking_accuracy(
                 losses.trajectory_scores(r_GKT, mask, pc.score), batch.outcome_GK, mask.any(-1))
@@ -285,9 +304,10 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
                                 qc.whiten, qc.estimator)
         pol_mb = [batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask, batch.sampler_logp_GKT, adv]
         if state.policy_ref is not None:
-            seqs = prm.build_seqs(batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask)
-            ref_lp, _ = prm.response_logprobs(pol_cfg, state.policy_ref, seqs, layout, qc.logit_chunk)
-            pol_mb.append(jax.lax.stop_gradient(ref_lp).reshape(G, K, T))
+            ref_lp = map_pieces(lambda a: prm.response_logprobs(pol_cfg, state.policy_ref, prm.build_seqs(*a), layout,
+                                                                qc.logit_chunk)[0].reshape(-1, K, T),
+                                (batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask), n_pieces)
+            pol_mb.append(jax.lax.stop_gradient(ref_lp))
         (policy, policy_opt), qm = jax.lax.scan(policy_minibatch, (state.policy, state.policy_opt),
                                                 tuple(split(x, qc.minibatches) for x in pol_mb))
         metrics |= {k: jnp.mean(v) for k, v in qm.items()}

@@ -146,3 +146,23 @@ def test_fifty_steps_learn_the_toy_task():
     assert np.nanmean(series("ranking_acc")[last]) > max(0.75, np.nanmean(series("ranking_acc")[first]) + 0.1)
     # the approx. KL between the policy and its sampler stays small: the PPO ratio is sane
     assert series("approx_kl").max() < 0.05
+
+
+def test_bad_batch_shapes_are_one_clear_line():
+    rng = np.random.RandomState(4)
+    step = ts.make_train_step(step_config(minibatches=4, microbatches=1))
+    state = ts.init_state(step_config(), fresh_params(0), fresh_params(1))
+    with pytest.raises(ValueError, match="6 prompts: not divisible by prm.minibatches x prm.microbatches = 4 x 1"):
+        step(state, synthetic_batch(rng, G=6))
+    step = ts.make_train_step(step_config())
+    with pytest.raises(ValueError, match="1 rollout.*needs K >= 2"):
+        step(state, synthetic_batch(rng, K=1))
+
+
+def test_config_validation_names_field_and_value():
+    with pytest.raises(ValueError, match=r"PRMConfig.form='hea': expected one of"):
+        PRMConfig(form="hea")
+    with pytest.raises(ValueError, match=r"PolicyConfig.clip_low=1.5"):
+        PolicyConfig(clip_low=1.5)
+    with pytest.raises(ValueError, match=r"OptimConfig.total_steps=0: cosine needs"):
+        OptimConfig(schedule="cosine")
