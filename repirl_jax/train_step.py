@@ -47,7 +47,7 @@ class Batch:
 
 
 @partial(jax.tree_util.register_dataclass, data_fields=[
-    "step", "policy", "prm", "prm_ref", "policy_ref", "policy_opt", "prm_opt"], meta_fields=[])
+    "step", "policy", "prm", "prm_ref", "policy_ref", "policy_opt", "prm_opt", "rng"], meta_fields=[])
 @dataclasses.dataclass
 class TrainState:
     step: jax.Array  # int32 number of dual steps taken
@@ -57,6 +57,7 @@ class TrainState:
     policy_ref: dict | None  # frozen initial policy (kl_coef > 0) else None
     policy_opt: optax.OptState
     prm_opt: optax.OptState
+    rng: jax.Array  # uint32 raw key data (checkpointable); split once per step, for the host loop's sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +79,9 @@ def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
                        optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
 
 
-def init_state(cfg: StepConfig, policy_params: dict, prm_trunk_params: dict | None) -> TrainState:
-    """prm_trunk_params: the PRM checkpoint's LM params (head / implicit); ignored for shared."""
+def init_state(cfg: StepConfig, policy_params: dict, prm_trunk_params: dict | None, seed: int = 0) -> TrainState:
+    """prm_trunk_params: the PRM checkpoint's LM params (head / implicit); ignored for shared.
+    The state takes ownership of the params (the step donates them)."""
     prm_params = prm.init_params(cfg.prm.form, cfg.prm_model, prm_trunk_params)
     copy = lambda t: jax.tree.map(jnp.copy, t)
     return TrainState(
@@ -87,7 +89,8 @@ def init_state(cfg: StepConfig, policy_params: dict, prm_trunk_params: dict | No
         prm_ref=copy(prm_trunk_params) if cfg.prm.form == "implicit" else None,
         policy_ref=copy(policy_params) if cfg.policy.kl_coef > 0 else None,
         policy_opt=make_optimizer(cfg.policy.optim).init(policy_params),
-        prm_opt=make_optimizer(cfg.prm.optim).init(prm_params))
+        prm_opt=make_optimizer(cfg.prm.optim).init(prm_params),
+        rng=jax.random.key_data(jax.random.key(seed)))
 
 
 def state_shardings(cfg: StepConfig, layout: Layout, abstract: TrainState) -> TrainState:
@@ -105,7 +108,7 @@ def state_shardings(cfg: StepConfig, layout: Layout, abstract: TrainState) -> Tr
                                      transform_non_params=lambda _: rep)
 
     return TrainState(
-        step=rep, policy=pol, prm=pr,
+        step=rep, policy=pol, prm=pr, rng=rep,
         prm_ref=None if abstract.prm_ref is None else shard(transformer.param_axes(cfg.prm_model), abstract.prm_ref),
         policy_ref=None if abstract.policy_ref is None else pol,
         policy_opt=opt(cfg.policy.optim, abstract.policy_opt, pol),
@@ -317,7 +320,8 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
                         rollout_tokens=jnp.sum(mask), expert_tokens=jnp.sum(batch.expert_mask_GET),
                         response_len_mean=jnp.mean(jnp.sum(mask, -1).astype(jnp.float32)))
         new = TrainState(step=state.step + 1, policy=policy, prm=prm_params, prm_ref=state.prm_ref,
-                         policy_ref=state.policy_ref, policy_opt=policy_opt, prm_opt=prm_opt_state)
+                         policy_ref=state.policy_ref, policy_opt=policy_opt, prm_opt=prm_opt_state,
+                         rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0]))
         return new, metrics
 
     traces = [0]  # how often the step was traced: once per batch shape (asserted by the tests)

@@ -86,13 +86,21 @@ def test_sharded_step_equals_single_device(form, loss, score, shape):
             np.testing.assert_allclose(gm[k], wm[k], atol=1e-4, rtol=1e-4, err_msg=k)
 
 
-@pytest.mark.parametrize("form,loss", [("head", "repirl"), ("implicit", "repirl"), ("shared", "repirl"),
-                                       ("head", "discriminator"), ("implicit", "prime")])
-def test_every_variant_steps_without_nan_or_retrace(form, loss):
+@pytest.mark.parametrize("form,loss,alpha_o", [("head", "repirl", 1.0), ("implicit", "repirl", 1.0),
+                                               ("shared", "repirl", 1.0), ("head", "discriminator", 1.0),
+                                               ("implicit", "prime", 1.0), ("head", "repirl", 0.0)])
+def test_every_variant_steps_without_nan_or_retrace(form, loss, alpha_o):
+    """alpha_o = 0: PRM-only reward plus the format reward (test-time-training style)."""
     rng = np.random.RandomState(1)
     cfg = step_config(form=form, loss=loss, is_scope="prompt", is_clip=2.0, reward_l2=0.01)
-    state, metrics, step = run_steps(cfg, None, [synthetic_batch(rng) for _ in range(3)])
+    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, alpha_o=alpha_o, estimator="grpo"
+                                                              if alpha_o == 0 else "rloo"))
+    batches = [synthetic_batch(rng) for _ in range(3)]
+    for b in batches:
+        b.format_GK = -(rng.rand(*b.format_GK.shape) < 0.3).astype(np.float32)
+    state, metrics, step = run_steps(cfg, None, batches)
     assert step.traces() == 1 and int(state.step) == 3
+    assert not np.array_equal(state.rng, ts.init_state(cfg, fresh_params(0), fresh_params(1)).rng)
     for m in metrics:
         for k, v in m.items():
             assert np.isfinite(v) or k.startswith("ranking"), (k, v)
