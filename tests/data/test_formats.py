@@ -1,5 +1,6 @@
 """Loaders for the real formats, on small fixture files written here; bad rows counted."""
 import gzip
+import os
 import json
 
 import pytest
@@ -145,3 +146,31 @@ def test_champ_packaged_with_first_wrong_step_labels():
     s = marked[0]
     assert 0 <= s.first_wrong_span[0] < s.first_wrong_span[1] <= len(s.text)
     assert {s.problem_id for s in labeled} <= {p.id for p in problems}
+
+
+def test_tfds_array_record_round_trip(tmp_path):
+    from repirl_jax.data import tfds_source
+
+    train, test = chain.splits(chain.ChainTask(1, 3), 20, 5)
+    test[0].stdio = [("1\n", "2\n")]
+    manual = tfds_source.write_manual_dir({"train": train, "test": test}, str(tmp_path / "manual"))
+    builder = tfds_source.build(manual, str(tmp_path / "tfds"))
+    by_id = lambda ps: sorted(ps, key=lambda p: p.id)  # TFDS orders records by a hash of their key
+    assert by_id(tfds_source.problems(builder, "train")) == by_id(train)
+    got = by_id(tfds_source.problems(builder, "test"))
+    assert got == by_id(test) and [p.stdio for p in got if p.stdio] == [[("1\n", "2\n")]]
+    assert any(f.endswith(".array_record") or "array_record" in f for _, _, fs in os.walk(tmp_path / "tfds") for f in fs)
+
+
+def test_eurus_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"data_source": "numina", "prompt": [{"role": "user", "content": "2+2?"}], "ability": "math",
+             "reward_model": {"ground_truth": "4", "style": "rule"}, "extra_info": {"index": 1}}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "eurus.parquet")
+    probs, rep = formats.eurus(str(tmp_path / "eurus.parquet"))
+    assert probs[0].gold == "4" and probs[0].prompt == [{"role": "user", "content": "2+2?"}] and rep.kept == 1
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 nope")
+    with pytest.raises(DataError, match="bad.parquet: cannot be read as parquet"):
+        formats.eurus(str(tmp_path / "bad.parquet"))

@@ -133,3 +133,19 @@ def test_fork_and_memory_bomb_together_is_contained():
     r = run_code(prog, "", timeout_s=3)
     assert not r.passed and time.monotonic() - t0 < 6
     assert nobody_processes() == []
+
+
+@pytest.mark.parametrize("name", ["harmless", "early_exit", "infinite_loop", "read_env", "write_outside",
+                                  "fork_bomb"])
+def test_unshare_fallback_when_bwrap_is_missing(name, monkeypatch):
+    """The fallback (unshare + setpriv + rlimits + cgroup) on the same battery's core cases."""
+    from repirl_jax.verifiers import code
+
+    monkeypatch.setattr(code, "sandbox_kind", lambda: "unshare")
+    program, tests, should_pass = HOSTILE[name]
+    t0 = time.monotonic()
+    r = code.run_code(program, tests, timeout_s=3)
+    assert time.monotonic() - t0 < 6 and r.passed is should_pass, (r.status, r.reason, r.stderr[-300:])
+    assert not os.path.exists("/etc/repirl_pwned")
+    time.sleep(0.2)
+    assert nobody_processes() == []
