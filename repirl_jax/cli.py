@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -46,6 +47,33 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def load_config(path: str, overrides: list[str]):
+    """A configs/*.py file's config(), with --set overrides applied."""
+    import importlib.util
+
+    from .config import apply_overrides
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location("repirl_user_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "config"):
+        from .config import ConfigError
+
+        raise ConfigError(f"{path}: defines no config() function")
+    return apply_overrides(mod.config(), overrides or [])
+
+
+def cmd_train(args) -> int:
+    from . import loop
+
+    cfg = load_config(args.config, args.set)
+    last = loop.run(cfg, args.workdir)
+    print(json.dumps({k: v for k, v in last.items() if not k.endswith("_s")}))
+    return 0
+
+
 BENCHES = ("sampler", "step_memory")
 
 
@@ -73,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     c.set_defaults(fn=cmd_convert)
 
+    t = sub.add_parser("train", help="train a policy and a PRM with rePIRL (resumes from WORKDIR's checkpoint)")
+    t.add_argument("--config", required=True, help="a configs/*.py file")
+    t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and final exports go here")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. train.steps=6")
+    t.set_defaults(fn=cmd_train)
+
     b = sub.add_parser("bench", help="speed benchmarks, ours and the peer side by side; prints ratios")
     b.add_argument("name", choices=BENCHES)
     b.add_argument("--out", help="write the result JSON here")
@@ -82,14 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .config import ConfigError
+    from .data import DataError
     from .models.config import ModelLoadError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax narrates every save at INFO
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ModelLoadError, FileNotFoundError, FileExistsError) as e:
+    except (ModelLoadError, DataError, FileNotFoundError, FileExistsError, ConfigError) as e:
         print(f"repirl {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+
+class ConfigError(ValueError):
+    """A bad config key or value: one line naming the field and the value."""
+
 # Logical axis -> mesh axes. Params: FSDP shards the embed dim, tensor parallelism the
 # heads / mlp / vocab dims (Megatron-style). Activations (act_*): batch over data+fsdp,
 # heads / mlp / vocab over tensor, the residual stream's embed dim unsharded.
@@ -37,29 +41,29 @@ class MeshConfig:
         object.__setattr__(self, "shape", tuple(self.shape))
         object.__setattr__(self, "axis_names", tuple(self.axis_names))
         if len(self.shape) != len(self.axis_names):
-            raise ValueError(f"MeshConfig.shape={self.shape}: needs one size per axis {self.axis_names}")
+            raise ConfigError(f"MeshConfig.shape={self.shape}: needs one size per axis {self.axis_names}")
         if sum(s == -1 for s in self.shape) > 1 or any(s == 0 or s < -1 for s in self.shape):
-            raise ValueError(f"MeshConfig.shape={self.shape}: sizes must be positive, at most one -1")
+            raise ConfigError(f"MeshConfig.shape={self.shape}: sizes must be positive, at most one -1")
         names = set(self.axis_names)
         for logical, target in self.rules:
             for ax in (target,) if isinstance(target, str) else (target or ()):
                 if ax not in names:
-                    raise ValueError(f"MeshConfig.rules: {logical!r} -> {ax!r} is not a mesh axis {self.axis_names}")
+                    raise ConfigError(f"MeshConfig.rules: {logical!r} -> {ax!r} is not a mesh axis {self.axis_names}")
 
     def resolved_shape(self, n_devices: int) -> tuple[int, ...]:
         known = math.prod(s for s in self.shape if s != -1)
         if -1 in self.shape:
             if n_devices % known:
-                raise ValueError(f"MeshConfig.shape={self.shape}: {n_devices} devices not divisible by {known}")
+                raise ConfigError(f"MeshConfig.shape={self.shape}: {n_devices} devices not divisible by {known}")
             return tuple(n_devices // known if s == -1 else s for s in self.shape)
         if known != n_devices:
-            raise ValueError(f"MeshConfig.shape={self.shape}: needs {known} devices, have {n_devices}")
+            raise ConfigError(f"MeshConfig.shape={self.shape}: needs {known} devices, have {n_devices}")
         return self.shape
 
 
 def _check(obj, field: str, ok: bool, why: str):
     if not ok:
-        raise ValueError(f"{type(obj).__name__}.{field}={getattr(obj, field)!r}: {why}")
+        raise ConfigError(f"{type(obj).__name__}.{field}={getattr(obj, field)!r}: {why}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,3 +149,117 @@ class PolicyConfig:
         _check(self, "minibatches", self.minibatches >= 1, "must be >= 1")
         _check(self, "microbatches", self.microbatches >= 1, "must be >= 1")
         _check(self, "logit_chunk", self.logit_chunk >= 0, "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where the policy and the PRM come from: "smollm2" (the packaged model), an HF dir or a
+    .gguf file, or "tiny" (a small random model with the SmolLM2 tokenizer, for tests)."""
+
+    policy: str = "tiny"
+    prm: str = ""  # "" = the policy's checkpoint
+    dtype: str = "float32"
+    remat: str = "none"
+    tiny_layers: int = 2
+    tiny_width: int = 64
+
+    def __post_init__(self):
+        _check(self, "dtype", self.dtype in ("float32", "bfloat16"), "expected float32 | bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    task: str = "chain"  # chain | gsm_symbolic
+    min_steps: int = 1  # chain task difficulty
+    max_steps: int = 2
+    n_train: int = 256
+    n_test: int = 32
+    seed: int = 0
+    prompts_per_step: int = 4  # G after the accuracy filter
+    samples: int = 4  # K rollouts per prompt
+    experts: int = 1  # E expert solutions per prompt (repeated when a problem has fewer)
+    oversample: int = 2  # prompts sampled per kept prompt before the accuracy filter
+    acc_low: float = 0.2  # keep prompts whose group accuracy is in [acc_low, acc_high]
+    acc_high: float = 0.8
+    max_prompt_len: int = 128
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        _check(self, "task", self.task in ("chain", "gsm_symbolic"), "expected chain | gsm_symbolic")
+        _check(self, "samples", self.samples >= 2, "RLOO needs >= 2 rollouts per prompt")
+        _check(self, "oversample", self.oversample >= 1, "must be >= 1")
+        _check(self, "acc_high", 0 <= self.acc_low <= self.acc_high <= 1, "need 0 <= acc_low <= acc_high <= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    steps: int = 10
+    seed: int = 0
+    eval_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int = 2
+    verify_workers: int = 2
+    verify_timeout_s: float = 5.0
+
+    def __post_init__(self):
+        _check(self, "steps", self.steps >= 1, "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSource = ModelSource()
+    data: DataConfig = DataConfig()
+    prm: PRMConfig = PRMConfig()
+    policy: PolicyConfig = PolicyConfig()
+    train: LoopConfig = LoopConfig()
+    mesh: MeshConfig = MeshConfig()
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """`a.b=value` overrides of nested frozen dataclasses, parsed by the field's current type.
+    An unknown key is rejected with the valid ones listed; a bad value names key and value."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        cfg = _set(cfg, key.strip().split("."), raw.strip(), key.strip())
+    return cfg
+
+
+def _set(obj, path, raw, full):
+    names = [f.name for f in dataclasses.fields(obj)]
+    head = path[0]
+    if head not in names:
+        raise ConfigError(f"--set {full}: unknown key {head!r} in {type(obj).__name__}; valid: {', '.join(names)}")
+    cur = getattr(obj, head)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(cur):
+            raise ConfigError(f"--set {full}: {head!r} is a value, not a section")
+        new = _set(cur, path[1:], raw, full)
+    elif dataclasses.is_dataclass(cur):
+        raise ConfigError(f"--set {full}: {head!r} is a section; set one of its fields "
+                         f"({', '.join(f.name for f in dataclasses.fields(cur))})")
+    else:
+        new = _parse(raw, cur, full)
+    try:
+        return dataclasses.replace(obj, **{head: new})
+    except ValueError as e:
+        raise ConfigError(f"--set {full}: {e}") from None
+
+
+def _parse(raw: str, cur, full: str):
+    try:
+        if isinstance(cur, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return raw.lower() in ("true", "1")
+        if isinstance(cur, int):
+            return int(raw)
+        if isinstance(cur, float):
+            return float(raw)
+        if isinstance(cur, tuple):
+            return tuple(int(x) for x in raw.strip("()").split(",") if x.strip())
+        return raw
+    except ValueError:
+        raise ConfigError(f"--set {full}={raw}: expected a {type(cur).__name__}") from None

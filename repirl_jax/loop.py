@@ -1,0 +1,198 @@
+"""The host loop (ALGORITHM.md section 5): sample prompts -> K rollouts -> verify -> accuracy
+filter -> one dual step -> log -> checkpoint; resumes from the workdir's latest checkpoint.
+
+Everything random is a function of (config seed, step), and the data cursor is checkpointed, so a
+resumed run repeats exactly what an uninterrupted one does. Synchronous: every RLOO group comes
+from the policy of the step that trains on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from . import checkpoint, models, sampling
+from . import train_step as ts
+from .config import ConfigError, TrainConfig
+from .data import chain, packaged, prompts
+from .sharding import Layout
+from .verifiers import check_math_batch
+
+log = logging.getLogger(__name__)
+
+
+def load_models(cfg: TrainConfig):
+    """(policy cfg, policy params, prm cfg, prm trunk params, tokenizer)."""
+    m = cfg.model
+    tok = models.load_tokenizer(models.smollm2_dir())
+    if m.policy == "tiny":
+        mc = models.ModelConfig(family="llama", vocab_size=len(tok), hidden_size=m.tiny_width,
+                                intermediate_size=2 * m.tiny_width, num_layers=m.tiny_layers, num_heads=4,
+                                num_kv_heads=2, head_dim=m.tiny_width // 4, tie_word_embeddings=True,
+                                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), dtype=m.dtype,
+                                param_dtype=m.dtype, remat=m.remat)
+        return mc, models.init_params(mc, jax.random.key(cfg.train.seed)), mc, models.init_params(
+            mc, jax.random.key(cfg.train.seed + 1)), tok
+    path = models.smollm2_dir() if m.policy == "smollm2" else m.policy
+    pc, pp = models.load(path, dtype=m.dtype)
+    pc = pc.replace(remat=m.remat)
+    if m.policy != "smollm2":
+        tok = models.load_tokenizer(path)
+    prm_path = m.prm or path
+    qc, qp = models.load(prm_path, dtype=m.dtype)
+    return pc, pp, qc.replace(remat=m.remat), qp, tok
+
+
+def load_problems(cfg: TrainConfig):
+    d = cfg.data
+    if d.task == "chain":
+        return chain.splits(chain.ChainTask(d.min_steps, d.max_steps, d.seed), d.n_train, d.n_test)
+    return packaged.gsm_symbolic_splits(d.n_train, d.n_test, d.seed)
+
+
+class MetricsLog:
+    """WORKDIR/metrics.jsonl, one object per step. On resume, lines past the checkpoint's step
+    are dropped so every step appears once."""
+
+    def __init__(self, path: str, resume_step: int):
+        self.path = path
+        kept = []
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+    def write(self, row: dict):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def check_workdir(workdir: str, cfg: TrainConfig):
+    """Refuses a workdir whose checkpoints were made with an incompatible config (anything but
+    the number of steps and the checkpoint/eval cadence)."""
+    path = os.path.join(workdir, "config.json")
+    mine = dataclasses.asdict(cfg)
+    if os.path.exists(path):
+        with open(path) as f:
+            theirs = json.load(f)
+        loose = lambda c: {**c, "train": {k: v for k, v in c["train"].items()
+                                          if k not in ("steps", "checkpoint_every", "eval_every")}}
+        if json.loads(json.dumps(loose(mine))) != loose(theirs):
+            diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict) for k in mine[s]
+                          if json.loads(json.dumps(loose(mine)[s].get(k))) != loose(theirs).get(s, {}).get(k))
+            raise ConfigError(f"{workdir}: holds a run with a different config ({', '.join(diff[:5])}); "
+                             "use a new --workdir")
+    with open(path, "w") as f:
+        json.dump(mine, f, indent=1)
+
+
+def pad_right(rows: list[list[int]], T: int) -> tuple[np.ndarray, np.ndarray]:
+    out, mask = np.zeros((len(rows), T), np.int32), np.zeros((len(rows), T), bool)
+    for i, r in enumerate(rows):
+        r = r[:T]
+        out[i, :len(r)] = r
+        mask[i, :len(r)] = True
+    return out, mask
+
+
+def evaluate(cfg, pc, params, tok, problems, ids, workers) -> dict:
+    """Greedy pass@1 on held-out problems."""
+    out = sampling.generate(pc, params, ids, max_new_tokens=cfg.data.max_new_tokens, eos_id=pc.eos_ids)
+    texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
+    ok = check_math_batch([(t, p.gold) for t, p in zip(texts, problems)], workers=workers)
+    return {"eval_pass@1": float(np.mean(ok)), "eval_n": len(ok)}
+
+
+def run(cfg: TrainConfig, workdir: str) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    check_workdir(workdir, cfg)
+    d, t = cfg.data, cfg.train
+    pc, pp, qc, qp, tok = load_models(cfg)
+    train, test = load_problems(cfg)
+    enc = prompts.encode(train, tok, d.max_prompt_len)
+    train = [train[i] for i in enc.kept]
+    test_enc = prompts.encode(test, tok, d.max_prompt_len)
+    test = [test[i] for i in test_enc.kept]
+    P = sampling.bucket(max(len(x) for x in enc.ids))
+    G, K, E, T = d.prompts_per_step, d.samples, d.experts, d.max_new_tokens
+
+    step_cfg = ts.StepConfig(pc, qc, cfg.prm, cfg.policy)
+    layout = Layout.from_config(cfg.mesh) if jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1) else None
+    step = ts.make_train_step(step_cfg, layout)
+    state = ts.init_state(step_cfg, pp, qp, seed=t.seed)
+    ck = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints)
+    start, cursor = 0, 0
+    if ck.latest_step() is not None:
+        state, extras = ck.restore(checkpoint.abstract_like(state))
+        start, cursor = extras["step"], extras["cursor"]
+        log.info("resumed from step %d", start)
+    metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
+    order = np.random.RandomState(d.seed).permutation(len(train))
+    last = {}
+    for it in range(start, t.steps):
+        times, t0 = {}, time.perf_counter()
+        n = G * d.oversample
+        idx = [int(order[(cursor + j) % len(train)]) for j in range(n)]
+        cursor += n
+        out = sampling.generate(pc, state.policy, [enc.ids[i] for i in idx], max_new_tokens=T,
+                                temperature=d.temperature, num_samples=K, eos_id=pc.eos_ids,
+                                seed=t.seed * 1_000_003 + it)
+        times["rollout_s"], t0 = time.perf_counter() - t0, time.perf_counter()
+        texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
+        ok = np.array(check_math_batch([(x, train[idx[i // K]].gold) for i, x in enumerate(texts)],
+                                       timeout_s=t.verify_timeout_s, workers=t.verify_workers), np.float32)
+        times["verify_s"], t0 = time.perf_counter() - t0, time.perf_counter()
+        acc = ok.reshape(n, K).mean(1)
+        band = [g for g in range(n) if d.acc_low <= acc[g] <= d.acc_high]
+        # keep the batch full: prompts outside the band fill the remaining slots (counted)
+        chosen = (band + [g for g in range(n) if g not in band])[:G]
+        row = {"step": it + 1, "filter_in_band": len(band), "filter_sampled": n,
+               "filter_filled": max(0, G - len(band)), "rollout_acc": float(ok.mean())}
+        rows = lambda g: slice(g * K, (g + 1) * K)
+        prompt_ids = [enc.ids[idx[g]] for g in chosen]
+        ptoks, pmask = sampling.left_pad(prompt_ids, P)
+        experts = []
+        for g in chosen:
+            sols = train[idx[g]].experts
+            for e in range(E):
+                ids = tok(sols[e % len(sols)] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+                experts.append(ids)
+        etoks, emask = pad_right(experts, T)
+        row["expert_truncated"] = int(sum(len(x) > T for x in experts))
+        batch = ts.Batch(
+            prompt_GP=ptoks, prompt_mask_GP=pmask,
+            rollout_GKT=np.stack([out.tokens[rows(g)] for g in chosen]),
+            rollout_mask_GKT=np.stack([out.mask[rows(g)] for g in chosen]),
+            sampler_logp_GKT=np.stack([out.logprobs[rows(g)] for g in chosen]),
+            outcome_GK=np.stack([ok[rows(g)] for g in chosen]),
+            format_GK=np.zeros((G, K), np.float32),
+            expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T))
+        state, m = step(state, batch)
+        # JSON has no NaN: a metric with nothing to measure (no correct/wrong pair) is null
+        m = {k: (float(v) if np.isfinite(v) else None) for k, v in jax.device_get(m).items()}
+        times["step_s"] = time.perf_counter() - t0
+        row |= m | times
+        if t.eval_every and (it + 1) % t.eval_every == 0:
+            t0 = time.perf_counter()
+            row |= evaluate(cfg, pc, state.policy, tok, test, test_enc.ids, t.verify_workers)
+            row["eval_s"] = time.perf_counter() - t0
+        metrics.write(row)
+        last = row
+        log.info("step %d/%d %s", it + 1, t.steps, {k: row.get(k) for k in ("rollout_acc", "prm_loss", "reward_gap",
+                                                                             "policy_loss")})
+        if (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0) or it + 1 == t.steps:
+            ck.save(it + 1, state, {"step": it + 1, "cursor": cursor})
+    ck.close()
+    final = os.path.join(workdir, "final")
+    models.export_hf(pc, state.policy, os.path.join(final, "policy"), tokenizer=tok)
+    prm_lm = state.prm.get("trunk", state.prm.get("lm"))
+    if prm_lm is not None:
+        models.export_hf(qc, prm_lm, os.path.join(final, "prm"), tokenizer=tok)
+    np.savez(os.path.join(final, "prm_head.npz"), **{k: np.asarray(v) for k, v in state.prm.get("head", {}).items()})
+    return last

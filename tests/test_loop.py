@@ -1,0 +1,83 @@
+"""The host loop through the `repirl train` command: exact resume after SIGKILL, and one clear
+line for bad config keys, values and workdirs."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+CMD = [sys.executable, "-m", "repirl_jax.cli", "train", "--config", "configs/tiny_cpu.py"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = ["--set", "train.steps=6", "--set", "train.checkpoint_every=1"]
+
+
+def train(workdir, *extra, timeout=600):
+    return subprocess.run(CMD + ["--workdir", str(workdir), *extra], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def exports(workdir):
+    out = {}
+    for part in ("policy", "prm"):
+        for k, v in load_file(os.path.join(workdir, "final", part, "model.safetensors")).items():
+            out[f"{part}/{k}"] = v
+    return out
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    straight = tmp_path / "straight"
+    r = train(straight, *STEPS)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen(CMD + ["--workdir", str(resumed), *STEPS], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (resumed / "checkpoints" / "3").is_dir():  # orbax renames a step's dir only when complete
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before step 3's checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "final").exists()
+    r = train(resumed, *STEPS)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from step" in r.stderr
+
+    a, b = exports(straight), exports(resumed)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    untimed = lambda path: [{k: v for k, v in json.loads(l).items() if not k.endswith("_s")} for l in open(path)]
+    rows = untimed(resumed / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows == untimed(straight / "metrics.jsonl")  # every metric of every step, timings aside
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "train.stepz=3"], "unknown key 'stepz' in LoopConfig; valid: steps,"),
+    (["--set", "prm.loss=magic"], "PRMConfig.loss='magic'"),
+    (["--set", "train.steps=many"], "train.steps=many: expected a int"),
+    (["--set", "data.samples=1"], "DataConfig.samples=1"),
+])
+def test_bad_overrides_are_one_line(tmp_path, args, needle):
+    r = train(tmp_path / "w", *args)
+    errors = [l for l in r.stderr.splitlines() if "error" in l]
+    assert r.returncode == 2 and len(errors) == 1 and needle in errors[0], r.stderr[-1500:]
+
+
+def test_missing_config_and_incompatible_workdir(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "repirl_jax.cli", "train", "--config", "configs/nope.py",
+                        "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "configs/nope.py: config file not found" in r.stderr
+    from repirl_jax.cli import load_config
+
+    w = tmp_path / "w"
+    w.mkdir()  # as a run with prm.loss=none would have left it
+    other = load_config(os.path.join(ROOT, "configs/tiny_cpu.py"), ["prm.loss=none", "train.steps=9"])
+    (w / "config.json").write_text(json.dumps(dataclasses.asdict(other)))
+    r = train(w)
+    assert r.returncode == 2 and "holds a run with a different config" in r.stderr and "prm.loss" in r.stderr
