@@ -17,18 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .common import matmul_peak_flops
+from .common import matmul_peak_flops, median_time
 from .step_memory import SMOLLM2_135M
 
 
 def timed(fn, reps):
+    """Median of `reps` runs after one warm-up (compile) run."""
     fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return median_time(fn, reps)[0]
 
 
 def step_flops(cfg, G, K, E, P, T):

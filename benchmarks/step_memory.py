@@ -3,7 +3,6 @@ XLA's memory analysis of the ahead-of-time compiled step: nothing is allocated, 
 be checked on this machine. Variants: remat policy and the log-softmax sequence chunk."""
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

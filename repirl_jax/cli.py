@@ -21,14 +21,12 @@ def cmd_demo(args) -> int:
     cfg, params = models.load(path, dtype=args.dtype)
     tok = models.load_tokenizer(path)
     print(f"loaded SmolLM2-135M-Instruct ({cfg.num_layers} layers, width {cfg.hidden_size}) in {time.time() - t0:.1f}s")
-    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                       tokenize=True)["input_ids"] for q in args.prompt or DEMO_PROMPTS]
+    questions = args.prompt or DEMO_PROMPTS
     t0 = time.time()
-    out = sampling.generate(cfg, params, prompts, max_new_tokens=args.max_new_tokens, eos_id=cfg.eos_ids)
-    dt = time.time() - t0
-    for q, row, m in zip(args.prompt or DEMO_PROMPTS, out.tokens, out.mask):
-        print(f"\n> {q}\n{tok.decode(row[m], skip_special_tokens=True).strip()}")
-    print(f"\n{int(out.mask.sum())} tokens in {dt:.1f}s (greedy, compile included)")
+    answers = sampling.chat(cfg, params, tok, questions, max_new_tokens=args.max_new_tokens)
+    for q, a in zip(questions, answers):
+        print(f"\n> {q}\n{a.strip()}")
+    print(f"\n{len(questions)} answers in {time.time() - t0:.1f}s (greedy, compile included)")
     return 0
 
 

@@ -8,7 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.helpers import TINY_CONFIGS, save_tiny_hf  # noqa: E402
+from tests.helpers import save_tiny_hf  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

@@ -57,3 +57,13 @@ def torch_logits(model, tokens):
 
 def random_tokens(vocab, shape, seed=0):
     return np.random.RandomState(seed).randint(0, vocab, shape).astype(np.int32)
+
+
+def trees_equal(a, b) -> bool:
+    """Same structure, dtypes and values, bit for bit."""
+    import jax
+
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(la, lb))

@@ -10,11 +10,8 @@ from repirl_jax import checkpoint
 from repirl_jax import train_step as ts
 from repirl_jax.config import MeshConfig
 from repirl_jax.sharding import Layout
-from tests.test_train_step import CFG, fresh_params, step_config, synthetic_batch
-
-
-def leaves_equal(a, b):
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+from tests.helpers import trees_equal as leaves_equal
+from tests.test_train_step import fresh_params, step_config, synthetic_batch
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import time
-import traceback
 from multiprocessing.connection import wait
 from typing import Any, Callable, Sequence
 

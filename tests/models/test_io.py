@@ -12,12 +12,7 @@ import transformers
 from repirl_jax import models
 from repirl_jax.models import ModelLoadError
 from tests.helpers import random_tokens, torch_logits
-
-
-def tree_equal(a, b):
-    import jax
-
-    return all(jax.tree.leaves(jax.tree.map(lambda x, y: x.dtype == y.dtype and np.array_equal(x, y), a, b)))
+from tests.helpers import trees_equal as tree_equal
 
 
 @pytest.mark.parametrize("name", ["llama_tied", "qwen2", "qwen3"])
