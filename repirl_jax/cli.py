@@ -116,15 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .config import ConfigError
     from .data import DataError
+    from .loop import TrainingAborted
     from .models.config import ModelLoadError
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax narrates every save at INFO
+    logging.getLogger("jax").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ModelLoadError, DataError, FileNotFoundError, FileExistsError, ConfigError) as e:
+    except (ModelLoadError, DataError, FileNotFoundError, FileExistsError, ConfigError, TrainingAborted) as e:
         print(f"repirl {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,11 @@ from .sharding import Layout
 from .verifiers import check_math_batch
 
 log = logging.getLogger(__name__)
+MAX_BAD_STEPS = 3  # non-finite steps in a row before the run stops
+
+
+class TrainingAborted(RuntimeError):
+    """The run cannot go on (e.g. repeated non-finite steps); checkpoints so far are kept."""
 
 
 def load_models(cfg: TrainConfig):
@@ -134,7 +139,7 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
         log.info("resumed from step %d", start)
     metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
     order = np.random.RandomState(d.seed).permutation(len(train))
-    last = {}
+    last, bad_streak = {}, 0
     for it in range(start, t.steps):
         times, t0 = {}, time.perf_counter()
         n = G * d.oversample
@@ -184,6 +189,16 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
             row["eval_s"] = time.perf_counter() - t0
         metrics.write(row)
         last = row
+        if not row.get("step_ok"):  # the step kept the old state (train_step.py)
+            bad_streak += 1
+            log.warning("step %d rejected: non-finite loss, gradient or parameter; state kept (%d in a row)",
+                        it + 1, bad_streak)
+            if bad_streak >= MAX_BAD_STEPS:
+                ck.close()
+                raise TrainingAborted(f"{workdir}: {bad_streak} non-finite steps in a row (last: step {it + 1}); "
+                                      "stopped, earlier checkpoints kept")
+        else:
+            bad_streak = 0
         log.info("step %d/%d %s", it + 1, t.steps, {k: row.get(k) for k in ("rollout_acc", "prm_loss", "reward_gap",
                                                                              "policy_loss")})
         if (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0) or it + 1 == t.steps:

@@ -322,6 +322,14 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         new = TrainState(step=state.step + 1, policy=policy, prm=prm_params, prm_ref=state.prm_ref,
                          policy_ref=state.policy_ref, policy_opt=policy_opt, prm_opt=prm_opt_state,
                          rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0]))
+        # A non-finite loss, gradient norm or parameter rejects the whole step: the state comes back
+        # unchanged (inside the jit, since the input state is donated) and `step_ok` says so.
+        finite = [jnp.isfinite(metrics[k]) for k in ("policy_loss", "policy_grad_norm", "prm_loss", "prm_grad_norm")
+                  if k in metrics]
+        finite += [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((new.policy, new.prm))]
+        ok = jnp.all(jnp.stack(finite))
+        new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+        metrics["step_ok"] = ok.astype(jnp.float32)
         return new, metrics
 
     traces = [0]  # how often the step was traced: once per batch shape (asserted by the tests)

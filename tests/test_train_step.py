@@ -173,3 +173,21 @@ def test_config_validation_names_field_and_value():
         PolicyConfig(clip_low=1.5)
     with pytest.raises(ValueError, match=r"OptimConfig.total_steps=0: cosine needs"):
         OptimConfig(schedule="cosine")
+
+
+def test_non_finite_step_is_rejected_and_state_kept():
+    rng = np.random.RandomState(5)
+    step = ts.make_train_step(step_config())
+    state = ts.init_state(step_config(), fresh_params(0), fresh_params(1))
+    state, m = step(state, synthetic_batch(rng))
+    assert float(m["step_ok"]) == 1.0
+    before = jax.tree.map(np.asarray, state)
+    bad = synthetic_batch(rng)
+    bad.sampler_logp_GKT[0, 0, 0] = np.nan  # poisons the PPO ratio (and the IS weight of a negative)
+    state, m = step(state, bad)
+    assert float(m["step_ok"]) == 0.0 and not np.isfinite(float(m["policy_loss"]))
+    from tests.helpers import trees_equal
+
+    assert trees_equal(jax.tree.map(np.asarray, state), before)  # step counter and rng too
+    state, m = step(state, synthetic_batch(rng))
+    assert float(m["step_ok"]) == 1.0 and int(state.step) == 2 and step.traces() == 1
