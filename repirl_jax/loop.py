@@ -11,10 +11,12 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from . import checkpoint, models, sampling
 from . import train_step as ts
@@ -114,6 +116,12 @@ def evaluate(cfg, pc, params, tok, problems, ids, workers) -> dict:
     return {"eval_pass@1": float(np.mean(ok)), "eval_n": len(ok)}
 
 
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def run(cfg: TrainConfig, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     check_workdir(workdir, cfg)
@@ -140,6 +148,9 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
     order = np.random.RandomState(d.seed).permutation(len(train))
     last, bad_streak = {}, 0
+    stop = []  # SIGTERM: finish the step in flight, save, exit cleanly
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(1)) if _main_thread() else None
+    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
     for it in range(start, t.steps):
         times, t0 = {}, time.perf_counter()
         n = G * d.oversample
@@ -201,8 +212,18 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
             bad_streak = 0
         log.info("step %d/%d %s", it + 1, t.steps, {k: row.get(k) for k in ("rollout_acc", "prm_loss", "reward_gap",
                                                                              "policy_loss")})
-        if (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0) or it + 1 == t.steps:
+        bar.update(1)
+        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("rollout_acc", "prm_loss", "reward_gap") if row.get(k) is not None})
+        if (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0) or it + 1 == t.steps or stop:
             ck.save(it + 1, state, {"step": it + 1, "cursor": cursor})
+        if stop:
+            ck.close()
+            bar.close()
+            log.warning("SIGTERM: saved step %d to %s; the same command resumes", it + 1, ck.dir)
+            raise TrainingAborted(f"{workdir}: stopped by SIGTERM after step {it + 1} (checkpoint saved)")
+    bar.close()
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     ck.close()
     final = os.path.join(workdir, "final")
     models.export_hf(pc, state.policy, os.path.join(final, "policy"), tokenizer=tok)

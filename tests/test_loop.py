@@ -57,6 +57,24 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     assert rows == untimed(straight / "metrics.jsonl")  # every metric of every step, timings aside
 
 
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+    w = tmp_path / "w"
+    proc = subprocess.Popen(CMD + ["--workdir", str(w), "--set", "train.steps=30"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (w / "metrics.jsonl").exists() or not (w / "metrics.jsonl").read_text().strip():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "stopped by SIGTERM after step" in err, err[-1500:]
+    done = [json.loads(l)["step"] for l in open(w / "metrics.jsonl")]
+    assert (w / "checkpoints" / str(done[-1])).is_dir() and done[-1] < 30
+    r = train(w, "--set", f"train.steps={done[-1] + 1}")
+    assert r.returncode == 0 and f"resumed from step {done[-1]}" in r.stderr, r.stderr[-1500:]
+    assert [json.loads(l)["step"] for l in open(w / "metrics.jsonl")] == list(range(1, done[-1] + 2))
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--set", "train.stepz=3"], "unknown key 'stepz' in LoopConfig; valid: steps,"),
     (["--set", "prm.loss=magic"], "PRMConfig.loss='magic'"),
