@@ -10,19 +10,33 @@ from repirl_jax.data import formats
 from repirl_jax.verifiers import run_code, run_code_batch, sandbox_kind
 
 
+def _status(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(l.split(":", 1) for l in f if ":" in l)
+    except OSError:
+        return {}
+
+
 def nobody_processes():
-    """Live (non-zombie) processes of the sandbox uid. bwrap leaves one exited process per run
-    reparented to PID 1, which reaps it; a zombie holds no resources and runs nothing."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    st = dict(l.split(":", 1) for l in f if ":" in l)
-            except OSError:
-                continue
-            if st.get("Uid", "").split()[:1] == ["65534"] and not st.get("State", "").strip().startswith("Z"):
+    """Live (non-zombie) sandbox-uid processes that are ours or orphaned: descendants of this test
+    process, or reparented to PID 1 (a leak). Sandboxes of another xdist worker are neither.
+    bwrap leaves one exited process per run reparented to PID 1, which reaps it; a zombie holds
+    no resources and runs nothing."""
+    me, out = os.getpid(), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        st = _status(pid)
+        if st.get("Uid", "").split()[:1] != ["65534"] or st.get("State", "").strip().startswith("Z"):
+            continue
+        ppid, hops = int(st.get("PPid", "0").strip() or 0), 0
+        if ppid == 1:
+            out.append(int(pid))
+            continue
+        while ppid > 1 and hops < 64:  # walk up: is this sandbox ours?
+            if ppid == me:
                 out.append(int(pid))
+                break
+            ppid, hops = int(_status(ppid).get("PPid", "0").strip() or 0), hops + 1
     return out
 
 
