@@ -1,0 +1,116 @@
+"""repirl plan: per-device bytes on the config's mesh, the refusal, topology names, model shapes,
+and (where libtpu is installed) the ahead-of-time compile for a TPU slice."""
+import dataclasses
+import json
+import math
+
+import pytest
+
+from repirl_jax import cli, plan
+from repirl_jax.config import ConfigError, MeshConfig
+from repirl_jax.models.config import ModelConfig
+
+TINY = "configs/tiny_cpu.py"
+
+
+def tiny(mesh=(-1, 1, 1), **data):
+    cfg = cli.load_config(TINY, [])
+    return dataclasses.replace(cfg, mesh=MeshConfig(shape=mesh), data=dataclasses.replace(cfg.data, **data))
+
+
+def test_cli_fits_and_refuses(capsys):
+    assert cli.main(["plan", "--config", TINY, "--devices", "8", "--hbm-gb", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "fits:" in out and "params" in out and "KV cache" in out and "mesh data=8 x fsdp=1 x tensor=1" in out
+
+    assert cli.main(["plan", "--config", TINY, "--devices", "8", "--hbm-gb", "0.001"]) == 1
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("repirl plan: error: does not fit:") and "GiB over" in err[0]
+    assert "does NOT fit" in cap.out  # the table is still printed, so the user sees what is big
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--topology", "v9x-16"], "--topology 'v9x-16': expected FAMILY-SIZE"),
+    (["--topology", "v4-24"], "unknown slice size; known: v4-8, v4-16, v4-32"),
+    (["--devices", "8"], "--devices needs --hbm-gb"),
+    (["--devices", "3", "--hbm-gb", "16", "--set", "mesh.shape=2,2,1"], "needs 4 devices, have 3"),
+])
+def test_cli_bad_input_one_line(capsys, args, says):
+    assert cli.main(["plan", "--config", TINY, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("repirl plan: error:") and says in err[0], err
+
+
+def test_topology_names():
+    t = plan.parse_topology("v4-32")  # 32 TensorCores = 16 megacore chips = 16 JAX devices
+    assert t.devices == 16 and t.hbm_bytes == 32 * plan.GIB
+    assert t.topology["topology_name"] == "v4:2x2x4" and t.topology["chip_config_name"] == "megacore"
+    t = plan.parse_topology("v5e-16")
+    assert t.devices == 16 and t.hbm_bytes == 16 * plan.GIB and t.topology["topology_name"] == "v5e:4x4"
+    assert plan.parse_topology("v5litepod-16").topology == t.topology
+    t = plan.parse_topology("v5p-8")
+    assert t.devices == 4 and t.hbm_bytes == 95 * plan.GIB and t.topology["topology_name"] == "v5:2x2x1"
+    assert plan.parse_topology("v6e-8").hbm_bytes == 32 * plan.GIB
+
+
+def test_bytes_halve_when_a_sharded_axis_doubles():
+    # fsdp shards every parameter's embed dimension (64 divides 2 and 4)
+    a, b = (plan.estimate(tiny((1, n, 1)), plan.devices_target(n, 16))["parts"] for n in (2, 4))
+    assert a["policy_params"] == 2 * b["policy_params"]
+    for k in ("prm_params", "policy_opt", "prm_opt"):  # + the replicated PRM bias and step counters
+        assert a[k] == pytest.approx(2 * b[k], abs=64), k
+    # data shards the rollout rows (2 prompts x oversample 2 x 2 samples) of the KV cache
+    a, b = (plan.estimate(tiny((n, 1, 1), oversample=2), plan.devices_target(n, 16))["parts"] for n in (2, 4))
+    assert a["kv_cache"] == 2 * b["kv_cache"] and a["policy_params"] == b["policy_params"]
+
+
+def test_state_bytes_are_exact_on_one_device():
+    est = plan.estimate(tiny((1, 1, 1)), plan.devices_target(1, 16))
+    mc = est["policy_model"]
+    n = sum(math.prod(s) for s in jax_shapes(mc))
+    p = est["parts"]
+    assert p["policy_params"] == 4 * n and p["prm_params"] == 4 * (n + mc.hidden_size + 1)  # + PRM head
+    assert p["policy_opt"] == pytest.approx(2 * 4 * n, abs=64)  # mu + nu (+ counters)
+
+
+def jax_shapes(mc):
+    from repirl_jax.models import transformer
+    import jax
+
+    return [s.shape for s in jax.tree.leaves(transformer.abstract_params(mc))]
+
+
+def test_model_shapes_from_config_json_or_known_names(tmp_path):
+    cfg = tiny()
+    mc = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=8, qk_norm=True)
+    (tmp_path / "config.json").write_text(json.dumps(mc.to_hf()))
+    got = plan.model_config(str(tmp_path), cfg)
+    assert (got.family, got.num_layers, got.head_dim, got.vocab_size) == ("qwen3", 2, 8, 64)
+
+    count = lambda m: sum(math.prod(s) for s in jax_shapes(m)) / 1e9
+    q25 = plan.model_config("Qwen/Qwen2.5-3B-Instruct", cfg)
+    assert q25.family == "qwen2" and q25.num_kv_heads == 2 and count(q25) == pytest.approx(3.09, abs=0.01)
+    q3 = plan.model_config("/models/Qwen3-4B-Base/", cfg)
+    assert q3.family == "qwen3" and q3.qk_norm and count(q3) == pytest.approx(4.02, abs=0.01)
+    with pytest.raises(ConfigError, match="no known shapes for 'Llama-9B'"):
+        plan.model_config("meta/Llama-9B", cfg)
+
+
+def test_aot_line_without_libtpu(monkeypatch, capsys):
+    monkeypatch.setattr(plan, "libtpu_available", lambda: False)
+    assert plan.run(tiny(), plan.parse_topology("v5e-4")) == 0
+    assert "AOT: libtpu not installed (pip install -e '.[tpu]')" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not plan.libtpu_available(), reason="libtpu not installed (pip install -e '.[tpu]')")
+def test_aot_compile_for_a_tpu_slice():
+    cfg = tiny((1, 2, 2), max_prompt_len=16, max_new_tokens=8)
+    target = plan.parse_topology("v5e-4")
+    aot = plan.aot_step_memory(cfg, target)
+    est = plan.estimate(cfg, target)
+    # XLA's argument bytes are the state (exact in the estimate) plus the small batch
+    assert est["state"] <= aot["argument"] <= 1.1 * est["state"]
+    assert aot["alias"] > 0.9 * est["state"]  # the state is donated
+    assert 0 < aot["peak"] < target.hbm_bytes
