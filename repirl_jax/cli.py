@@ -83,6 +83,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """Per-device memory of a config on a TPU slice or N devices; exit 1 when it cannot fit."""
+    from . import plan
+    from .config import ConfigError
+
+    cfg = load_config(args.config, args.set)
+    if args.devices is not None and args.hbm_gb is None:
+        raise ConfigError("--devices needs --hbm-gb (memory per device)")
+    target = plan.parse_topology(args.topology) if args.topology else plan.devices_target(args.devices, args.hbm_gb)
+    return plan.run(cfg, target, aot=not args.no_aot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repirl", description="rePIRL: process reward models by inverse RL, in JAX")
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="write the result JSON here")
     b.add_argument("--reps", type=int, default=3, help="timed repetitions per side (median reported)")
     b.set_defaults(fn=cmd_bench)
+
+    pl = sub.add_parser("plan", help="per-device memory of a config on a TPU slice or N devices; refuses a run "
+                                     "that cannot fit")
+    pl.add_argument("--config", required=True, help="a configs/*.py file")
+    where = pl.add_mutually_exclusive_group(required=True)
+    where.add_argument("--topology", help="TPU slice as Cloud TPU names it: v5e-16, v4-32, v5p-16, v6e-8, ...")
+    where.add_argument("--devices", type=int, help="number of devices (with --hbm-gb)")
+    pl.add_argument("--hbm-gb", type=float, help="memory per device in GiB")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    pl.add_argument("--no-aot", action="store_true", help="skip compiling the step for the TPU topology")
+    pl.set_defaults(fn=cmd_plan)
     return p
 
 
