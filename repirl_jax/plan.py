@@ -169,7 +169,7 @@ def _tree_bytes(tree, shardings) -> int:
     return sum(jax.tree.leaves(sizes))
 
 
-def _activations(mc: ModelConfig, layout: Layout, groups: int, rows: int, L: int, T: int, *, backward: bool,
+def _activations(mc: ModelConfig, layout: Layout, rows: int, L: int, T: int, *, backward: bool,
                  logits: int, chunk: int) -> int:
     """Live activation bytes per device of one microbatch through the trunk (estimate).
 
@@ -177,8 +177,9 @@ def _activations(mc: ModelConfig, layout: Layout, groups: int, rows: int, L: int
     q, k, v before and after RoPE plus the attention output ~(3 H + 3 KV) Dh d; the attention
     matrix as f32 scores, f32 exps and d probabilities H L (8 + d) (no flash attention here);
     the MLP's gate, up, silu and product 4 F d. Heads / KV heads / F divide by their tensor
-    shards, rows by the batch shards (when those divide the `groups` the rows come in). What
-    the backward pass keeps follows the remat policy:
+    shards, rows by the batch shards where they divide the rows (else replicated, as the
+    sharding rules do: conservative, XLA's own number is lower). What the backward pass keeps
+    follows the remat policy:
     none = every layer's internals; dots = the projection outputs ((H + 2 KV) Dh + 2 D + 2 F) d
     per layer plus one layer recomputed; full = each layer's input D d plus one layer recomputed.
     Forward-only passes keep one layer. `logits` = vocab-sized log-softmaxes in flight (f32
@@ -186,7 +187,7 @@ def _activations(mc: ModelConfig, layout: Layout, groups: int, rows: int, L: int
     d = _dtype_bytes(mc.dtype)
     D, H, KV, Dh, F, V = (mc.hidden_size, mc.num_heads, mc.num_kv_heads, mc.head_dim, mc.intermediate_size,
                           mc.vocab_size)
-    b = _shards(layout, ("batch",), (groups,))  # the step shards groups (batch.axes())
+    b = _shards(layout, ("batch",), (rows,))
     th, tk = _shards(layout, ("act_heads",), (H,)), _shards(layout, ("act_kv_heads",), (KV,))
     tf, tv = _shards(layout, ("act_mlp",), (F,)), _shards(layout, ("act_vocab",), (V,))
     full = 6 * D * d + (3 * H / th + 3 * KV / tk) * Dh * d + H / th * L * (8 + d) + 4 * F / tf * d
@@ -224,9 +225,9 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
         policy_frozen=part["policy_ref"], prm_frozen=part["prm_ref"],
         # the scan's gradient accumulator plus one microbatch's gradient
         policy_grads=2 * part["policy"], prm_grads=2 * part["prm"],
-        policy_acts=_activations(pol, layout, pol_groups, pol_groups * K, L, T, backward=True, logits=1,
+        policy_acts=_activations(pol, layout, pol_groups * K, L, T, backward=True, logits=1,
                                  chunk=qc.logit_chunk),
-        prm_acts=_activations(prm, layout, prm_groups, prm_groups * (K + E), L, T, backward=trunk_grads,
+        prm_acts=_activations(prm, layout, prm_groups * (K + E), L, T, backward=trunk_grads,
                               logits=2 if pc.form == "implicit" else 0, chunk=qc.logit_chunk),
     )
     # Rollout: the cache of N prompts is filled by the prefill, then repeated K times (both live
@@ -235,7 +236,7 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
     cache_shards = _shards(layout, transformer.CACHE_AXES, (pol.num_layers, N * K, pol.num_kv_heads, P + T,
                                                             pol.head_dim))
     r["kv_cache"] = 2 * math.prod(cache_shape) * _dtype_bytes(pol.dtype) // cache_shards
-    r["prefill_acts"] = _activations(pol, layout, N, N, P, 1, backward=False, logits=0, chunk=0)
+    r["prefill_acts"] = _activations(pol, layout, N, P, 1, backward=False, logits=0, chunk=0)
     state_bytes = sum(r[k] for k in ("policy_params", "prm_params", "policy_opt", "prm_opt", "policy_frozen",
                                      "prm_frozen"))
     phases = {"rollout": r["kv_cache"] + r["prefill_acts"],
