@@ -167,11 +167,20 @@ class ModelSource:
         _check(self, "dtype", self.dtype in ("float32", "bfloat16"), "expected float32 | bfloat16")
 
 
+TASKS = ("chain", "gsm_symbolic", "gsm8k", "math", "eurus")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    task: str = "chain"  # chain | gsm_symbolic
+    task: str = "chain"  # chain | gsm_symbolic | gsm8k | math | eurus (file tasks read `path`)
+    path: str = ""  # file tasks: the training file (jsonl / parquet in its real format)
+    test_path: str = ""  # file tasks: held-out file; "" = the last n_test rows of `path`
+    experts_path: str = ""  # optional expert jsonl (problem_id, response) joined onto the problems
     min_steps: int = 1  # chain task difficulty
     max_steps: int = 2
+    modulus: int = 0  # chain task: 0 = integers, 10 = single-digit arithmetic modulo 10
+    instruction: bool = True  # chain task: append the \\boxed{} instruction to each prompt
+    style: str = "words"  # chain task: words | symbols (compact: "7 *3 -4 (mod 10)", lines "7*3=1")
     n_train: int = 256
     n_test: int = 32
     seed: int = 0
@@ -186,7 +195,8 @@ class DataConfig:
     temperature: float = 1.0
 
     def __post_init__(self):
-        _check(self, "task", self.task in ("chain", "gsm_symbolic"), "expected chain | gsm_symbolic")
+        _check(self, "task", self.task in TASKS, f"expected one of {TASKS}")
+        _check(self, "path", self.task in ("chain", "gsm_symbolic") or self.path, f"task {self.task!r} reads a file: set data.path")
         _check(self, "samples", self.samples >= 2, "RLOO needs >= 2 rollouts per prompt")
         _check(self, "oversample", self.oversample >= 1, "must be >= 1")
         _check(self, "acc_high", 0 <= self.acc_low <= self.acc_high <= 1, "need 0 <= acc_low <= acc_high <= 1")
@@ -196,7 +206,8 @@ class DataConfig:
 class LoopConfig:
     steps: int = 10
     seed: int = 0
-    eval_every: int = 0  # 0 = only at the end
+    eval_every: int = 0  # held-out eval every N steps; 0 = only at the end
+    eval_samples: int = 0  # > 1: also avg@k and pass@k with k samples at temperature 1
     checkpoint_every: int = 0  # 0 = only at the end
     keep_checkpoints: int = 2
     verify_workers: int = 2

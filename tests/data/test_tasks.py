@@ -1,0 +1,108 @@
+"""DataConfig -> problems (chain variants, file tasks with held-out splits), the demo's word-level
+tokenizer, and verification dispatched by problem kind."""
+import json
+
+import pytest
+
+from repirl_jax.config import ConfigError, DataConfig
+from repirl_jax.data import DataError, Problem, chain, prompts, tasks, vocab
+from repirl_jax.verifiers import check_math
+from repirl_jax.verifiers.dispatch import extract_code, verify
+
+
+def replay(problem, modulus):
+    """Recomputes the expert's lines from the prompt text: every line's result and the gold."""
+    lines = problem.experts[0].split("\n")[:-1]
+    value = None
+    for line in lines:
+        lhs, rhs = line.replace(" ", "").split("=")
+        a, op, x = lhs[0] if lhs[0] != "-" else lhs[:2], None, None
+        for i in range(1, len(lhs)):
+            if lhs[i] in "+-*" and i > 0 and lhs[i - 1].isdigit():
+                a, op, x = int(lhs[:i]), lhs[i], int(lhs[i + 1:])
+                break
+        assert value is None or a == value, (line, value)
+        value = {"+": a + x, "-": a - x, "*": a * x}[op]
+        value = value % modulus if modulus else value
+        assert int(rhs) == value, line
+    return value
+
+
+@pytest.mark.parametrize("modulus,style", [(0, "words"), (10, "words"), (10, "symbols"), (7, "symbols")])
+def test_chain_variants_are_consistent(modulus, style):
+    train, test = chain.splits(chain.ChainTask(2, 5, 3, modulus, instruction=False, style=style), 60, 20)
+    for p in train + test:
+        assert replay(p, modulus) == int(p.gold) and check_math(p.experts[0], p.gold)
+        assert len(p.experts[0].split("\n")) == p.meta["steps"] + 1 and "boxed{}" not in p.prompt
+        if modulus:
+            assert 0 <= int(p.gold) < modulus and f"mod{'ulo' if style == 'words' else ''} {modulus}" in p.prompt
+    assert not {p.prompt for p in train} & {p.prompt for p in test}
+
+
+def test_default_chain_text_is_unchanged():
+    """The words style without modulus is the default task: its text must not drift."""
+    (p,), _ = chain.splits(chain.ChainTask(3, 3, 0), 1, 1)
+    assert p.prompt.startswith("Start with 2. Multiply by 5, then add 19, then subtract 2. What is the final number?")
+    assert p.experts == ["2 * 5 = 10\n10 + 19 = 29\n29 - 2 = 27\n\\boxed{27}"]
+
+
+def write_gsm8k(path, n):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}) + "\n")
+        f.write("{broken\n")
+    return str(path)
+
+
+def test_file_task_holds_out_the_last_rows(tmp_path):
+    path = write_gsm8k(tmp_path / "g.jsonl", 10)
+    train, test = tasks.load_problems(DataConfig(task="gsm8k", path=path, n_train=5, n_test=3))
+    assert [p.gold for p in test] == ["8", "9", "10"] and [p.gold for p in train] == ["1", "2", "3", "4", "5"]
+    other = write_gsm8k(tmp_path / "t.jsonl", 4)
+    train, test = tasks.load_problems(DataConfig(task="gsm8k", path=path, test_path=other, n_train=0, n_test=2))
+    assert len(train) == 10 and [p.gold for p in test] == ["1", "2"]
+    with open(tmp_path / "experts.jsonl", "w") as f:
+        f.write(json.dumps({"problem_id": train[0].id, "response": "Another way: \\boxed{1}"}) + "\n")
+    train, _ = tasks.load_problems(DataConfig(task="gsm8k", path=path, n_test=3,
+                                              experts_path=str(tmp_path / "experts.jsonl")))
+    assert len(train[0].experts) == 2 and len(train[1].experts) == 1
+
+
+def test_file_task_errors(tmp_path):
+    with pytest.raises(ConfigError, match="data.path"):
+        DataConfig(task="gsm8k")
+    with pytest.raises(DataError, match="missing.jsonl: file not found"):
+        tasks.load_problems(DataConfig(task="gsm8k", path=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(DataError, match="not enough to hold out"):
+        tasks.load_problems(DataConfig(task="gsm8k", path=write_gsm8k(tmp_path / "g.jsonl", 3), n_test=3))
+
+
+def test_word_level_tokenizer_round_trips_and_saves(tmp_path):
+    from transformers import AutoTokenizer
+
+    train, test = chain.splits(chain.ChainTask(1, 4, 0, 10, instruction=False, style="symbols"), 50, 10)
+    tok = vocab.build_tokenizer([p.prompt for p in train] + [e for p in train for e in p.experts])
+    assert len(tok) < 40  # digits, + - * = ( ) mod boxed { } \ and the specials
+    for p in test:
+        text = prompts.render(p, tok) + p.experts[0]
+        ids = tok(text + tok.eos_token, add_special_tokens=False)["input_ids"]
+        assert ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids
+        assert tok.decode(ids, skip_special_tokens=True) == text  # exact, spaces and newlines included
+    assert prompts.render(test[0], tok).endswith("\nAnswer:\n")
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text)["input_ids"] == tok(text)["input_ids"] and again.eos_token == "<|im_end|>"
+
+
+def test_verify_dispatches_by_kind():
+    math_p = Problem(id="m", prompt="1+1?", gold="2")
+    code_p = Problem(id="c", prompt="add", kind="code", tests="assert add(1, 2) == 3")
+    stdio_p = Problem(id="s", prompt="echo", kind="code", stdio=[("3\n", "3"), ("4\n", "4")])
+    good = "```python\ndef add(a, b):\n    return a + b\n```"
+    texts = ["so \\boxed{2}", "\\boxed{3}", good, "def add(a, b): return a - b", "print(input())",
+             "print(3)"]
+    probs = [math_p, math_p, code_p, code_p, stdio_p, stdio_p]
+    verdicts = verify(probs, texts, timeout_s=10, workers=2)
+    assert [v.correct for v in verdicts] == [True, False, True, False, True, False]
+    assert "failed" in verdicts[3].reason and verdicts[5].reason
+    assert extract_code("intro\n```py\nx = 1\n```\nthen\n```python\nx = 2\n```") == "x = 2\n"
