@@ -272,7 +272,15 @@ def aot_step_memory(cfg: TrainConfig, target: Target) -> dict:
                      S((G, K, T), jnp.float32), S((G, K), jnp.float32), S((G, K), jnp.float32),
                      S((G, E, T), jnp.int32), S((G, E, T), bool))
     t0 = time.perf_counter()
-    ma = ts.make_train_step(scfg, layout).lower(state, batch).compile().memory_analysis()
+    try:
+        ma = ts.make_train_step(scfg, layout).lower(state, batch).compile().memory_analysis()
+    except jax.errors.JaxRuntimeError as e:
+        # The TPU compiler itself refuses a program that cannot fit the chip: keep its numbers.
+        m = re.search(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", str(e))
+        if not m:
+            raise
+        return dict(refused=True, temp=float(m.group(1)) * GIB, available=float(m.group(2)) * GIB,
+                    compile_s=time.perf_counter() - t0)
     out = dict(argument=ma.argument_size_in_bytes, output=ma.output_size_in_bytes, alias=ma.alias_size_in_bytes,
                temp=ma.temp_size_in_bytes, compile_s=time.perf_counter() - t0)
     out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
@@ -312,12 +320,19 @@ def report(cfg: TrainConfig, target: Target, est: dict, aot: dict | str | None) 
         "(none: all layers' internals kept; dots: projection outputs kept; full: layer inputs kept)",
     ]
     need = est["peak"]
-    if isinstance(aot, dict):
+    rollout = est["state"] + est["phases"]["rollout"]  # the rollout is never compiled here: its estimate stays
+    if isinstance(aot, dict) and aot.get("refused"):
+        lines.append(f"AOT dual step: XLA refuses to compile it for one chip (after {aot['compile_s']:.0f}s): HLO "
+                     f"temporaries {aot['temp'] / GIB:.2f} GiB exceed the {aot['available'] / GIB:.2f} GiB of HBM "
+                     "it can use")
+        # XLA's temporaries on top of the state, and at least as far over as XLA says
+        need = max(est["state"] + aot["temp"], target.hbm_bytes + aot["temp"] - aot["available"], rollout)
+        lines.append(f"needed per device: {need / GIB:.3f} GiB (max of XLA's temporaries on the state and the "
+                     "rollout estimate)")
+    elif isinstance(aot, dict):
         lines.append(f"AOT dual step (XLA memory analysis per chip, compiled in {aot['compile_s']:.0f}s): "
                      f"arguments {aot['argument'] / GIB:.3f} + outputs {aot['output'] / GIB:.3f} - aliased "
                      f"{aot['alias'] / GIB:.3f} + temp {aot['temp'] / GIB:.3f} = peak {aot['peak'] / GIB:.3f} GiB")
-        # the compiled step is exact; the rollout is not compiled: keep the larger
-        rollout = est["state"] + est["phases"]["rollout"]
         need = max(aot["peak"], rollout)
         lines.append(f"needed per device: {need / GIB:.3f} GiB (max of the AOT step and the rollout estimate)")
     elif aot:
@@ -358,7 +373,10 @@ def run(cfg: TrainConfig, target: Target, aot: bool = True) -> int:
     elif not libtpu_available():
         aot_result = "libtpu not installed (pip install -e '.[tpu]')"
     else:
-        aot_result = aot_step_memory(cfg, target)
+        try:
+            aot_result = aot_step_memory(cfg, target)
+        except Exception as e:  # the estimate still stands; say why the compile gave nothing
+            aot_result = f"compile failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
     lines, need = report(cfg, target, est, aot_result)
     print("\n".join(lines), flush=True)
     if need > target.hbm_bytes:

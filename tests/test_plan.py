@@ -114,3 +114,14 @@ def test_aot_compile_for_a_tpu_slice():
     assert est["state"] <= aot["argument"] <= 1.1 * est["state"]
     assert aot["alias"] > 0.9 * est["state"]  # the state is donated
     assert 0 < aot["peak"] < target.hbm_bytes
+
+
+def test_xla_refusal_decides(capsys):
+    """When the TPU compiler refuses the step (RESOURCE_EXHAUSTED), its numbers make the refusal."""
+    cfg, target = tiny(), plan.parse_topology("v5e-16")
+    est = plan.estimate(cfg, target)
+    aot = dict(refused=True, temp=19.02 * plan.GIB, available=15.75 * plan.GIB, compile_s=9.0)
+    lines, need = plan.report(cfg, target, est, aot)
+    assert need - target.hbm_bytes == pytest.approx(3.27 * plan.GIB)  # 19.02 - 15.75
+    assert any("XLA refuses to compile it for one chip" in line and "19.02 GiB" in line for line in lines)
+    assert lines[-1].startswith("does NOT fit")
