@@ -6,27 +6,58 @@ import json
 import logging
 import os
 import sys
-import time
-
-DEMO_PROMPTS = ("What is the capital of France?", "Natalia sold 48 clips in April and half as many in May. "
-                "How many clips did she sell in total? Answer with the number.")
-
 
 def cmd_demo(args) -> int:
-    """Smoke run until the training loop lands: the packaged SmolLM2 answers chat prompts greedily."""
-    from . import models, sampling
+    """Imitation warm-up, then RLOO vs rePIRL on harder levels, held-out report (repirl_jax/demo.py)."""
+    from . import demo
 
-    t0 = time.time()
-    path = models.smollm2_dir()
-    cfg, params = models.load(path, dtype=args.dtype)
-    tok = models.load_tokenizer(path)
-    print(f"loaded SmolLM2-135M-Instruct ({cfg.num_layers} layers, width {cfg.hidden_size}) in {time.time() - t0:.1f}s")
-    questions = args.prompt or DEMO_PROMPTS
-    t0 = time.time()
-    answers = sampling.chat(cfg, params, tok, questions, max_new_tokens=args.max_new_tokens)
-    for q, a in zip(questions, answers):
-        print(f"\n> {q}\n{a.strip()}")
-    print(f"\n{len(questions)} answers in {time.time() - t0:.1f}s (greedy, compile included)")
+    cfg = load_config(args.config, []) if args.config else demo.default_config()
+    report = demo.run(cfg, args.workdir, args.set or [])
+    print(f"\nreport: {report}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """A policy (and a PRM) on held-out problems: metrics with 95% bootstrap CIs, per-problem JSON."""
+    from . import eval_runner, models
+    from . import evaluate as ev
+    from .config import DataConfig, apply_overrides
+    from .data import prompts, tasks
+
+    d = apply_overrides(DataConfig(task=args.task, path=args.data or "", n_train=1, n_test=args.n), args.set or [])
+    train, test = tasks.load_problems(d)
+    problems = test if args.split == "test" else train
+    pc, params = models.load(args.policy)
+    tok = models.load_tokenizer(args.policy)
+    enc = prompts.encode(problems, tok, d.max_prompt_len)
+    problems = [problems[i] for i in enc.kept]
+    kw = dict(max_new_tokens=args.max_new_tokens, workers=args.workers)
+    greedy = eval_runner.rollouts(pc, params, tok, problems, enc.ids, **kw)
+    sampled = scores = None
+    if args.samples > 1:
+        sampled = eval_runner.rollouts(pc, params, tok, problems, enc.ids, n=args.samples,
+                                       temperature=args.temperature, seed=args.seed, **kw)
+        if args.prm:
+            scorer = eval_runner.PRMScorer.load(args.prm, (pc, params))
+            scores = scorer.scores(enc.ids, sampled.tokens, sampled.mask, args.samples)
+    summary, per = eval_runner.metrics(greedy, sampled, scores, seed=args.seed)
+    rows = [{"metric": k, "value [95% CI]": ev.format_ci(*v) if len(v) == 3 else f"{v[0]:.3f}"}
+            for k, v in summary.items()]
+    print(ev.markdown_table(rows, ["metric", "value [95% CI]"]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"policy": args.policy, "prm": args.prm, "task": args.task, "split": args.split,
+                       "n": len(problems), "summary": summary, "problem_ids": [p.id for p in problems],
+                       "per_problem": {k: v.tolist() for k, v in per.items()}}, f, indent=1)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from . import plots
+
+    runs = {os.path.basename(os.path.normpath(d)): d for d in args.workdirs}
+    paths = plots.plot_runs(runs, args.out or args.workdirs[0])
+    print("\n".join(paths))
     return 0
 
 
@@ -72,7 +103,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-BENCHES = ("sampler", "step_memory")
+BENCHES = ("sampler", "step_memory", "step", "iteration")
 
 
 def cmd_bench(args) -> int:
@@ -99,11 +130,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repirl", description="rePIRL: process reward models by inverse RL, in JAX")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="the packaged SmolLM2-135M-Instruct answers chat prompts (greedy)")
-    d.add_argument("--prompt", action="append", help="a user message (repeatable); default: two built-in ones")
-    d.add_argument("--max-new-tokens", type=int, default=64)
-    d.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    d = sub.add_parser("demo", help="from nothing: imitation warm-up, then RLOO vs rePIRL, held-out report (CPU, minutes)")
+    d.add_argument("--workdir", default="runs/demo", help="every stage's output and report.md (stages resume)")
+    d.add_argument("--config", help="a file whose config() returns a demo.DemoConfig (default: configs/demo.py's)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. rl.train.steps=10")
     d.set_defaults(fn=cmd_demo)
+
+    e = sub.add_parser("eval", help="evaluate a policy (and a PRM) on held-out problems, with 95%% bootstrap CIs")
+    e.add_argument("--policy", required=True, help="HF model dir (e.g. WORKDIR/final/policy)")
+    e.add_argument("--prm", help="a training run's final dir (WORKDIR/final): PRM best-of-N, weighted vote, AUROC")
+    e.add_argument("--task", required=True, choices=("chain", "gsm_symbolic", "gsm8k", "math", "eurus"))
+    e.add_argument("--data", help="the data file for gsm8k / math / eurus")
+    e.add_argument("--split", choices=("test", "train"), default="test")
+    e.add_argument("--n", type=int, default=100, help="held-out problems")
+    e.add_argument("--samples", type=int, default=1, help="samples per problem at --temperature (avg@N, pass@k, maj@N)")
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--workers", type=int, default=2, help="verifier processes")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="a data field, e.g. min_steps=3")
+    e.add_argument("--out", help="write summary and per-problem results here (JSON)")
+    e.set_defaults(fn=cmd_eval)
+
+    pt = sub.add_parser("plot", help="PNG curves from training workdirs' metrics.jsonl (one line per run)")
+    pt.add_argument("workdirs", nargs="+")
+    pt.add_argument("--out", help="output dir (default: the first workdir)")
+    pt.set_defaults(fn=cmd_plot)
 
     c = sub.add_parser("convert", help="convert an HF dir or a GGUF file into an HF dir (safetensors + tokenizer)")
     c.add_argument("src", help="HF model directory or .gguf file")

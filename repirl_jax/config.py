@@ -229,34 +229,49 @@ class TrainConfig:
 
 def apply_overrides(cfg, overrides: list[str]):
     """`a.b=value` overrides of nested frozen dataclasses, parsed by the field's current type.
-    An unknown key is rejected with the valid ones listed; a bad value names key and value."""
+    All overrides of one dataclass are applied together, so fields validated against each other
+    (data.task and data.path) can be set in any order. An unknown key is rejected with the valid
+    ones listed; a bad value names key and value."""
+    tree: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        cfg = _set(cfg, key.strip().split("."), raw.strip(), key.strip())
-    return cfg
+        node, path = tree, key.strip().split(".")
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key.strip()}: {name!r} is set as a value and used as a section")
+        node[path[-1]] = (raw.strip(), key.strip())
+    return _apply(cfg, tree)
 
 
-def _set(obj, path, raw, full):
+def _first_key(tree: dict) -> str:
+    sub = next(iter(tree.values()))
+    return sub[1] if isinstance(sub, tuple) else _first_key(sub)
+
+
+def _apply(obj, tree: dict):
     names = [f.name for f in dataclasses.fields(obj)]
-    head = path[0]
-    if head not in names:
-        raise ConfigError(f"--set {full}: unknown key {head!r} in {type(obj).__name__}; valid: {', '.join(names)}")
-    cur = getattr(obj, head)
-    if len(path) > 1:
-        if not dataclasses.is_dataclass(cur):
-            raise ConfigError(f"--set {full}: {head!r} is a value, not a section")
-        new = _set(cur, path[1:], raw, full)
-    elif dataclasses.is_dataclass(cur):
-        raise ConfigError(f"--set {full}: {head!r} is a section; set one of its fields "
-                         f"({', '.join(f.name for f in dataclasses.fields(cur))})")
-    else:
-        new = _parse(raw, cur, full)
+    new, last = {}, ""
+    for head, sub in tree.items():
+        full = sub[1] if isinstance(sub, tuple) else _first_key(sub)
+        if head not in names:
+            raise ConfigError(f"--set {full}: unknown key {head!r} in {type(obj).__name__}; valid: {', '.join(names)}")
+        cur = getattr(obj, head)
+        if isinstance(sub, dict):
+            if not dataclasses.is_dataclass(cur):
+                raise ConfigError(f"--set {full}: {head!r} is a value, not a section")
+            new[head] = _apply(cur, sub)
+        elif dataclasses.is_dataclass(cur):
+            raise ConfigError(f"--set {full}: {head!r} is a section; set one of its fields "
+                              f"({', '.join(f.name for f in dataclasses.fields(cur))})")
+        else:
+            new[head], last = _parse(sub[0], cur, sub[1]), sub[1]
     try:
-        return dataclasses.replace(obj, **{head: new})
+        return dataclasses.replace(obj, **new)
     except ValueError as e:
-        raise ConfigError(f"--set {full}: {e}") from None
+        raise ConfigError(f"--set {last or ', '.join(tree)}: {e}") from None
 
 
 def _parse(raw: str, cur, full: str):

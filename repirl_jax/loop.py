@@ -21,9 +21,11 @@ from tqdm import tqdm
 from . import checkpoint, models, sampling
 from . import train_step as ts
 from .config import ConfigError, TrainConfig
-from .data import chain, packaged, prompts
+from .data import prompts, tasks
 from .sharding import Layout
-from .verifiers import check_math_batch
+from . import eval_runner
+from . import evaluate as ev
+from .verifiers.dispatch import verify
 
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 3  # non-finite steps in a row before the run stops
@@ -56,28 +58,35 @@ def load_models(cfg: TrainConfig):
 
 
 def load_problems(cfg: TrainConfig):
-    d = cfg.data
-    if d.task == "chain":
-        return chain.splits(chain.ChainTask(d.min_steps, d.max_steps, d.seed), d.n_train, d.n_test)
-    return packaged.gsm_symbolic_splits(d.n_train, d.n_test, d.seed)
+    return tasks.load_problems(cfg.data)
 
 
 class MetricsLog:
-    """WORKDIR/metrics.jsonl, one object per step. On resume, lines past the checkpoint's step
-    are dropped so every step appears once."""
+    """WORKDIR/metrics.jsonl, one object per step, and TensorBoard events in WORKDIR/tb. On resume,
+    lines past the checkpoint's step are dropped so every step appears once (TensorBoard shows
+    the repeated steps of the interrupted run as a separate event file)."""
 
-    def __init__(self, path: str, resume_step: int):
-        self.path = path
+    def __init__(self, workdir: str, resume_step: int):
+        self.path = os.path.join(workdir, "metrics.jsonl")
         kept = []
-        if os.path.exists(path):
-            with open(path) as f:
+        if os.path.exists(self.path):
+            with open(self.path) as f:
                 kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
-        with open(path, "w") as f:
+        with open(self.path, "w") as f:
             f.writelines(kept)
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1)
 
     def write(self, row: dict):
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self.tb.add_scalar(k.replace("@", "_at_"), v, row["step"])
+
+    def close(self):
+        self.tb.close()
 
 
 def check_workdir(workdir: str, cfg: TrainConfig):
@@ -89,7 +98,7 @@ def check_workdir(workdir: str, cfg: TrainConfig):
         with open(path) as f:
             theirs = json.load(f)
         loose = lambda c: {**c, "train": {k: v for k, v in c["train"].items()
-                                          if k not in ("steps", "checkpoint_every", "eval_every")}}
+                                          if k not in ("steps", "checkpoint_every", "eval_every", "eval_samples")}}
         if json.loads(json.dumps(loose(mine))) != loose(theirs):
             diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict) for k in mine[s]
                           if json.loads(json.dumps(loose(mine)[s].get(k))) != loose(theirs).get(s, {}).get(k))
@@ -108,12 +117,17 @@ def pad_right(rows: list[list[int]], T: int) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
-def evaluate(cfg, pc, params, tok, problems, ids, workers) -> dict:
-    """Greedy pass@1 on held-out problems."""
-    out = sampling.generate(pc, params, ids, max_new_tokens=cfg.data.max_new_tokens, eos_id=pc.eos_ids)
-    texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
-    ok = check_math_batch([(t, p.gold) for t, p in zip(texts, problems)], workers=workers)
-    return {"eval_pass@1": float(np.mean(ok)), "eval_n": len(ok)}
+def evaluate(cfg: TrainConfig, pc, params, tok, problems, ids, step: int) -> dict:
+    """Held-out greedy pass@1 and, with train.eval_samples = k > 1, avg@k and pass@k at T=1."""
+    t, T = cfg.train, cfg.data.max_new_tokens
+    kw = dict(max_new_tokens=T, timeout_s=t.verify_timeout_s, workers=t.verify_workers)
+    greedy = eval_runner.rollouts(pc, params, tok, problems, ids, **kw)
+    row = {"eval_pass@1": float(greedy.correct_PN.mean()), "eval_n": len(problems)}
+    if t.eval_samples > 1:
+        k = t.eval_samples
+        s = eval_runner.rollouts(pc, params, tok, problems, ids, n=k, temperature=1.0, seed=t.seed + 7919 * step, **kw)
+        row |= {f"eval_avg@{k}": float(s.correct_PN.mean()), f"eval_pass@{k}": ev.pass_at_k_mean(s.correct_PN, k)}
+    return row
 
 
 def _main_thread() -> bool:
@@ -145,7 +159,7 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
         state, extras = ck.restore(checkpoint.abstract_like(state))
         start, cursor = extras["step"], extras["cursor"]
         log.info("resumed from step %d", start)
-    metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
+    metrics = MetricsLog(workdir, start)
     order = np.random.RandomState(d.seed).permutation(len(train))
     last, bad_streak = {}, 0
     stop = []  # SIGTERM: finish the step in flight, save, exit cleanly
@@ -161,15 +175,16 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                                 seed=t.seed * 1_000_003 + it)
         times["rollout_s"], t0 = time.perf_counter() - t0, time.perf_counter()
         texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
-        ok = np.array(check_math_batch([(x, train[idx[i // K]].gold) for i, x in enumerate(texts)],
-                                       timeout_s=t.verify_timeout_s, workers=t.verify_workers), np.float32)
+        verdicts = verify([train[idx[i // K]] for i in range(len(texts))], texts, t.verify_timeout_s, t.verify_workers)
+        ok = np.array([v.correct for v in verdicts], np.float32)
+        failed = sum(v.reason.startswith(("timeout", "worker died", "error")) for v in verdicts)
         times["verify_s"], t0 = time.perf_counter() - t0, time.perf_counter()
         acc = ok.reshape(n, K).mean(1)
         band = [g for g in range(n) if d.acc_low <= acc[g] <= d.acc_high]
         # keep the batch full: prompts outside the band fill the remaining slots (counted)
         chosen = (band + [g for g in range(n) if g not in band])[:G]
         row = {"step": it + 1, "filter_in_band": len(band), "filter_sampled": n,
-               "filter_filled": max(0, G - len(band)), "rollout_acc": float(ok.mean())}
+               "filter_filled": max(0, G - len(band)), "rollout_acc": float(ok.mean()), "verify_failures": failed}
         rows = lambda g: slice(g * K, (g + 1) * K)
         prompt_ids = [enc.ids[idx[g]] for g in chosen]
         ptoks, pmask = sampling.left_pad(prompt_ids, P)
@@ -194,9 +209,9 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
         m = {k: (float(v) if np.isfinite(v) else None) for k, v in jax.device_get(m).items()}
         times["step_s"] = time.perf_counter() - t0
         row |= m | times
-        if t.eval_every and (it + 1) % t.eval_every == 0:
+        if test and ((t.eval_every and (it + 1) % t.eval_every == 0) or it + 1 == t.steps):
             t0 = time.perf_counter()
-            row |= evaluate(cfg, pc, state.policy, tok, test, test_enc.ids, t.verify_workers)
+            row |= evaluate(cfg, pc, state.policy, tok, test, test_enc.ids, it + 1)
             row["eval_s"] = time.perf_counter() - t0
         metrics.write(row)
         last = row
@@ -225,10 +240,14 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     ck.close()
+    metrics.close()
     final = os.path.join(workdir, "final")
     models.export_hf(pc, state.policy, os.path.join(final, "policy"), tokenizer=tok)
     prm_lm = state.prm.get("trunk", state.prm.get("lm"))
     if prm_lm is not None:
         models.export_hf(qc, prm_lm, os.path.join(final, "prm"), tokenizer=tok)
     np.savez(os.path.join(final, "prm_head.npz"), **{k: np.asarray(v) for k, v in state.prm.get("head", {}).items()})
+    with open(os.path.join(final, "prm.json"), "w") as f:  # what eval_runner.PRMScorer.load needs
+        json.dump({"form": cfg.prm.form, "beta": cfg.prm.beta, "loss": cfg.prm.loss,
+                   "ref": os.path.abspath(cfg.model.prm or cfg.model.policy)}, f)
     return last

@@ -55,6 +55,50 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     rows = untimed(resumed / "metrics.jsonl")
     assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
     assert rows == untimed(straight / "metrics.jsonl")  # every metric of every step, timings aside
+    assert "eval_pass@1" in rows[-1] and rows[-1]["eval_n"] == 8  # held-out eval at the end
+    check_outputs(straight, rows)
+
+
+def tb_scalars(workdir):
+    """tag -> [(step, value)] from the TensorBoard event files (TFRecord framing, Event protos)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for name in sorted(os.listdir(workdir / "tb")):
+        data = (workdir / "tb" / name).read_bytes()
+        i = 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    return out
+
+
+def check_outputs(workdir, rows):
+    """TensorBoard mirrors metrics.jsonl; `repirl plot` and `repirl eval` work on the run's outputs."""
+    tb = tb_scalars(workdir)
+    assert [s for s, _ in tb["rollout_acc"]] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([v for _, v in tb["prm_loss"]], [r["prm_loss"] for r in rows], rtol=1e-6)
+    r = subprocess.run([sys.executable, "-m", "repirl_jax.cli", "plot", str(workdir)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    for name in ("curves.png", "prm_loss.png", "reward_gap.png", "ess_frac.png", "entropy.png"):
+        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = workdir / "eval.json"
+    r = subprocess.run([sys.executable, "-m", "repirl_jax.cli", "eval", "--policy", str(workdir / "final" / "policy"),
+                        "--prm", str(workdir / "final"), "--task", "chain", "--n", "5", "--samples", "4",
+                        "--max-new-tokens", "8", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    res = json.loads(out.read_text())
+    assert res["n"] == 5 and len(res["problem_ids"]) == 5
+    assert {"pass@1_greedy", "avg@4", "pass@4", "maj@4", "prm_best_of_4", "prm_weighted_maj@4"} <= res["per_problem"].keys()
+    assert all(len(v) == 5 for v in res["per_problem"].values())
+    assert "| prm_best_of_4 |" in r.stdout
 
 
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
@@ -80,6 +124,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     (["--set", "prm.loss=magic"], "PRMConfig.loss='magic'"),
     (["--set", "train.steps=many"], "train.steps=many: expected a int"),
     (["--set", "data.samples=1"], "DataConfig.samples=1"),
+    (["--set", "data.task=gsm8k", "--set", "data.path=/nonexistent/gsm8k.jsonl"], "/nonexistent/gsm8k.jsonl: file not found"),
 ])
 def test_bad_overrides_are_one_line(tmp_path, args, needle):
     r = train(tmp_path / "w", *args)
