@@ -22,8 +22,15 @@ def cmd_eval(args) -> int:
     from . import eval_runner, models
     from . import evaluate as ev
     from .config import DataConfig, apply_overrides
+    from .config import ConfigError
     from .data import prompts, tasks
 
+    if args.champ is not None:
+        from . import champ_eval
+
+        return champ_eval.cli(args)
+    if not args.task or (args.beam and not args.prm):
+        raise ConfigError("eval needs --task (or --champ), and --beam needs --prm (the PRM guides the search)")
     d = apply_overrides(DataConfig(task=args.task, path=args.data or "", n_train=1, n_test=args.n), args.set or [])
     train, test = tasks.load_problems(d)
     problems = test if args.split == "test" else train
@@ -34,13 +41,22 @@ def cmd_eval(args) -> int:
     kw = dict(max_new_tokens=args.max_new_tokens, workers=args.workers)
     greedy = eval_runner.rollouts(pc, params, tok, problems, enc.ids, **kw)
     sampled = scores = None
+    use_prm = args.prm and (args.samples > 1 or args.beam)
+    scorer = eval_runner.PRMScorer.load(args.prm, (pc, params)) if use_prm else None
     if args.samples > 1:
         sampled = eval_runner.rollouts(pc, params, tok, problems, enc.ids, n=args.samples,
                                        temperature=args.temperature, seed=args.seed, **kw)
-        if args.prm:
-            scorer = eval_runner.PRMScorer.load(args.prm, (pc, params))
+        if scorer is not None:
             scores = scorer.scores(enc.ids, sampled.tokens, sampled.mask, args.samples)
     summary, per = eval_runner.metrics(greedy, sampled, scores, seed=args.seed)
+    if args.beam:  # PRM step-level beam search (repirl_jax/search.py)
+        from . import search
+
+        per["prm_beam"], _ = search.evaluate_beam(pc, params, scorer, tok, problems, enc.ids, beam=args.beam,
+                                                  expansions=args.expansions, temperature=args.temperature,
+                                                  max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                                  workers=args.workers)
+        summary["prm_beam"] = ev.bootstrap_ci(per["prm_beam"], seed=args.seed)
     rows = [{"metric": k, "value [95% CI]": ev.format_ci(*v) if len(v) == 3 else f"{v[0]:.3f}"}
             for k, v in summary.items()]
     print(ev.markdown_table(rows, ["metric", "value [95% CI]"]))
@@ -49,6 +65,18 @@ def cmd_eval(args) -> int:
             json.dump({"policy": args.policy, "prm": args.prm, "task": args.task, "split": args.split,
                        "n": len(problems), "summary": summary, "problem_ids": [p.id for p in problems],
                        "per_problem": {k: v.tolist() for k, v in per.items()}}, f, indent=1)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Paired bootstrap over problems between `repirl eval --out` files (repirl_jax/compare.py)."""
+    from .compare import CompareError, compare_files
+
+    try:
+        print(compare_files(args.runs, seed=args.seed))
+    except CompareError as e:
+        print(f"repirl compare: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -95,7 +123,9 @@ def load_config(path: str, overrides: list[str]):
 
 
 def cmd_train(args) -> int:
-    from . import loop
+    from . import distributed, loop
+
+    distributed.initialize_from_env()  # before anything touches a device; a no-op for one process
 
     cfg = load_config(args.config, args.set)
     last = loop.run(cfg, args.workdir)
@@ -139,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a policy (and a PRM) on held-out problems, with 95%% bootstrap CIs")
     e.add_argument("--policy", required=True, help="HF model dir (e.g. WORKDIR/final/policy)")
     e.add_argument("--prm", help="a training run's final dir (WORKDIR/final): PRM best-of-N, weighted vote, AUROC")
-    e.add_argument("--task", required=True, choices=("chain", "gsm_symbolic", "gsm8k", "math", "eurus"))
+    e.add_argument("--task", choices=("chain", "gsm_symbolic", "gsm8k", "math", "eurus"))
     e.add_argument("--data", help="the data file for gsm8k / math / eurus")
     e.add_argument("--split", choices=("test", "train"), default="test")
     e.add_argument("--n", type=int, default=100, help="held-out problems")
@@ -150,7 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="a data field, e.g. min_steps=3")
     e.add_argument("--out", help="write summary and per-problem results here (JSON)")
+    e.add_argument("--beam", type=int, default=0, metavar="B", help="PRM step-level beam search of width B, steps "
+                   "ending at a newline, at --temperature (needs --prm): the prm_beam metric")
+    e.add_argument("--expansions", type=int, default=4, metavar="M", help="--beam: samples per beam per step")
+    e.add_argument("--champ", type=int, nargs="?", const=0, metavar="N", help="instead of --task: the PRM's "
+                   "first-wrong-step predictions against CHAMP's human labels (all problems, or a seeded N)")
     e.set_defaults(fn=cmd_eval)
+
+    cp = sub.add_parser("compare", help="paired bootstrap over problems between `repirl eval --out` files: "
+                                        "differences vs the first, with 95%% CIs and p-values")
+    cp.add_argument("runs", nargs="+", metavar="RUN.json")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.set_defaults(fn=cmd_compare)
 
     pt = sub.add_parser("plot", help="PNG curves from training workdirs' metrics.jsonl (one line per run)")
     pt.add_argument("workdirs", nargs="+")

@@ -88,7 +88,7 @@ class OptimConfig:
 
 
 PRM_FORMS = ("head", "implicit", "shared")
-PRM_LOSSES = ("repirl", "prime", "discriminator", "none")
+PRM_LOSSES = ("repirl", "prime", "discriminator", "none", "frozen")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
 
 
@@ -97,7 +97,7 @@ class PRMConfig:
     """ALGORITHM.md sections 2-3. Options marked [ours] there are ablation switches here."""
 
     form: str = "head"  # head | implicit | shared
-    loss: str = "repirl"  # repirl | prime | discriminator | none
+    loss: str = "repirl"  # repirl | prime | discriminator | none (no PRM) | frozen (rewards, no PRM update: TTT)
     score: str = "mean"  # trajectory score: mean | sum of token rewards
     pseudo_experts: bool = True  # correct rollouts join the positive set
     negatives: str = "failed"  # failed | all
@@ -132,6 +132,7 @@ class PolicyConfig:
     estimator: str = "rloo"  # rloo | grpo | reinforce
     alpha_o: float = 1.0  # outcome reward weight
     alpha_p: float = 0.05  # process (PRM) reward weight
+    format_penalty: float = 0.0  # subtracted from the outcome of a response with no \\boxed{} (TTT: 1)
     whiten: bool = True  # whiten advantages over the batch's response tokens
     clip_low: float = 0.2
     clip_high: float = 0.2
@@ -158,6 +159,7 @@ class ModelSource:
 
     policy: str = "tiny"
     prm: str = ""  # "" = the policy's checkpoint
+    prm_head: str = ""  # a trained head (WORKDIR/final/prm_head.npz); "" = zero-initialised
     dtype: str = "float32"
     remat: str = "none"
     tiny_layers: int = 2

@@ -57,8 +57,10 @@ def default_config() -> DemoConfig:
                       max_prompt_len=32, max_new_tokens=32)
     return DemoConfig(rl=TrainConfig(
         data=hard,
-        prm=PRMConfig(optim=OptimConfig(lr=1e-3, grad_clip=10.0)),
-        policy=PolicyConfig(alpha_p=0.5, optim=OptimConfig(lr=3e-4, grad_clip=1.0)),
+        # the paper's PRM form, loss and options (ALGORITHM.md); alpha_p as for Qwen3-4B; learning
+        # rates scaled up for a 0.1M-parameter model and a few hundred steps
+        prm=PRMConfig(optim=OptimConfig(lr=3e-4, grad_clip=10.0)),
+        policy=PolicyConfig(alpha_p=0.1, optim=OptimConfig(lr=3e-4, grad_clip=1.0)),
         train=LoopConfig(steps=250, eval_every=50, checkpoint_every=50, verify_workers=2)))
 
 

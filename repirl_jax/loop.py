@@ -26,6 +26,7 @@ from .sharding import Layout
 from . import eval_runner
 from . import evaluate as ev
 from .verifiers.dispatch import verify
+from .verifiers.math import last_boxed
 
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 3  # non-finite steps in a row before the run stops
@@ -89,7 +90,7 @@ class MetricsLog:
         self.tb.close()
 
 
-def check_workdir(workdir: str, cfg: TrainConfig):
+def check_workdir(workdir: str, cfg: TrainConfig, write: bool = True):
     """Refuses a workdir whose checkpoints were made with an incompatible config (anything but
     the number of steps and the checkpoint/eval cadence)."""
     path = os.path.join(workdir, "config.json")
@@ -104,8 +105,41 @@ def check_workdir(workdir: str, cfg: TrainConfig):
                           if json.loads(json.dumps(loose(mine)[s].get(k))) != loose(theirs).get(s, {}).get(k))
             raise ConfigError(f"{workdir}: holds a run with a different config ({', '.join(diff[:5])}); "
                              "use a new --workdir")
-    with open(path, "w") as f:
-        json.dump(mine, f, indent=1)
+    if write:
+        with open(path, "w") as f:
+            json.dump(mine, f, indent=1)
+
+
+def verify_shared(problems, texts, t) -> tuple[np.ndarray, int]:
+    """Verdicts (float 0/1) of every rollout and the count of verifier failures. With several
+    processes each verifies its own contiguous slice of rows and the verdicts are all-gathered,
+    so every process holds the same outcome array."""
+    n, nproc, pid = len(texts), jax.process_count(), jax.process_index()
+    per = -(-n // nproc)
+    mine = slice(pid * per, min(n, (pid + 1) * per))
+    verdicts = verify(problems[mine], texts[mine], t.verify_timeout_s, t.verify_workers)
+    local = np.zeros((per, 2), np.float32)
+    for i, v in enumerate(verdicts):
+        local[i] = v.correct, v.reason.startswith(("timeout", "worker died", "error"))
+    if nproc > 1:
+        from jax.experimental import multihost_utils
+
+        local = np.asarray(multihost_utils.process_allgather(local)).reshape(nproc * per, 2)
+    return local[:n, 0], int(local[:n, 1].sum())
+
+
+def load_head(path: str, prm_params: dict) -> dict:
+    if "head" not in prm_params:
+        raise ConfigError(f"model.prm_head={path}: this prm.form has no scalar head")
+    try:
+        head = dict(np.load(path))
+    except OSError as e:
+        raise FileNotFoundError(f"model.prm_head={path}: cannot be read ({e})") from None
+    want = {k: v.shape for k, v in prm_params["head"].items()}
+    if {k: v.shape for k, v in head.items()} != want:
+        raise ConfigError(f"model.prm_head={path}: holds {sorted(head)} of shapes "
+                          f"{[v.shape for v in head.values()]}, expected {want}")
+    return {k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in head.items()}
 
 
 def pad_right(rows: list[list[int]], T: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,10 +151,10 @@ def pad_right(rows: list[list[int]], T: int) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
-def evaluate(cfg: TrainConfig, pc, params, tok, problems, ids, step: int) -> dict:
+def evaluate(cfg: TrainConfig, pc, params, tok, problems, ids, step: int, layout=None) -> dict:
     """Held-out greedy pass@1 and, with train.eval_samples = k > 1, avg@k and pass@k at T=1."""
     t, T = cfg.train, cfg.data.max_new_tokens
-    kw = dict(max_new_tokens=T, timeout_s=t.verify_timeout_s, workers=t.verify_workers)
+    kw = dict(max_new_tokens=T, timeout_s=t.verify_timeout_s, workers=t.verify_workers, layout=layout)
     greedy = eval_runner.rollouts(pc, params, tok, problems, ids, **kw)
     row = {"eval_pass@1": float(greedy.correct_PN.mean()), "eval_n": len(problems)}
     if t.eval_samples > 1:
@@ -138,7 +172,11 @@ def _main_thread() -> bool:
 
 def run(cfg: TrainConfig, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
-    check_workdir(workdir, cfg)
+    pid, nproc = jax.process_index(), jax.process_count()
+    lead = pid == 0  # only process 0 writes logs, config.json and exports; all of them checkpoint
+    if nproc > 1:
+        log.info("process %d of %d (%d local devices of %d)", pid, nproc, jax.local_device_count(), jax.device_count())
+    check_workdir(workdir, cfg, write=lead)
     d, t = cfg.data, cfg.train
     pc, pp, qc, qp, tok = load_models(cfg)
     train, test = load_problems(cfg)
@@ -150,21 +188,28 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     G, K, E, T = d.prompts_per_step, d.samples, d.experts, d.max_new_tokens
 
     step_cfg = ts.StepConfig(pc, qc, cfg.prm, cfg.policy)
-    layout = Layout.from_config(cfg.mesh) if jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1) else None
+    # several processes: one global mesh (their params and batches are global arrays)
+    sharded = nproc > 1 or (jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1))
+    layout = Layout.from_config(cfg.mesh) if sharded else None
     step = ts.make_train_step(step_cfg, layout)
     state = ts.init_state(step_cfg, pp, qp, seed=t.seed)
+    if cfg.model.prm_head:  # a trained PRM (e.g. the frozen scorer of test-time training)
+        state = dataclasses.replace(state, prm={**state.prm, "head": load_head(cfg.model.prm_head, state.prm)})
     ck = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints)
     start, cursor = 0, 0
     if ck.latest_step() is not None:
         state, extras = ck.restore(checkpoint.abstract_like(state))
         start, cursor = extras["step"], extras["cursor"]
         log.info("resumed from step %d", start)
-    metrics = MetricsLog(workdir, start)
+    if layout is not None and start == 0:  # (a restore already placed it)
+        state = jax.tree.map(lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda i, a=np.asarray(x): a[i]),
+                             state, step.state_shardings)
+    metrics = MetricsLog(workdir, start) if lead else None
     order = np.random.RandomState(d.seed).permutation(len(train))
     last, bad_streak = {}, 0
     stop = []  # SIGTERM: finish the step in flight, save, exit cleanly
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(1)) if _main_thread() else None
-    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not lead)
     for it in range(start, t.steps):
         times, t0 = {}, time.perf_counter()
         n = G * d.oversample
@@ -172,13 +217,12 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
         cursor += n
         out = sampling.generate(pc, state.policy, [enc.ids[i] for i in idx], max_new_tokens=T,
                                 temperature=d.temperature, num_samples=K, eos_id=pc.eos_ids,
-                                seed=t.seed * 1_000_003 + it)
+                                seed=t.seed * 1_000_003 + it, layout=layout)
         times["rollout_s"], t0 = time.perf_counter() - t0, time.perf_counter()
         texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
-        verdicts = verify([train[idx[i // K]] for i in range(len(texts))], texts, t.verify_timeout_s, t.verify_workers)
-        ok = np.array([v.correct for v in verdicts], np.float32)
-        failed = sum(v.reason.startswith(("timeout", "worker died", "error")) for v in verdicts)
+        ok, failed = verify_shared([train[idx[i // K]] for i in range(len(texts))], texts, t)
         times["verify_s"], t0 = time.perf_counter() - t0, time.perf_counter()
+        boxless = np.array([last_boxed(x) is None for x in texts], np.float32)
         acc = ok.reshape(n, K).mean(1)
         band = [g for g in range(n) if d.acc_low <= acc[g] <= d.acc_high]
         # keep the batch full: prompts outside the band fill the remaining slots (counted)
@@ -202,8 +246,10 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
             rollout_mask_GKT=np.stack([out.mask[rows(g)] for g in chosen]),
             sampler_logp_GKT=np.stack([out.logprobs[rows(g)] for g in chosen]),
             outcome_GK=np.stack([ok[rows(g)] for g in chosen]),
-            format_GK=np.zeros((G, K), np.float32),
+            format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
             expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T))
+        if layout is not None:  # global arrays: each process's devices receive only their rows
+            batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch, is_leaf=lambda v: isinstance(v, tuple))
         state, m = step(state, batch)
         # JSON has no NaN: a metric with nothing to measure (no correct/wrong pair) is null
         m = {k: (float(v) if np.isfinite(v) else None) for k, v in jax.device_get(m).items()}
@@ -211,9 +257,10 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
         row |= m | times
         if test and ((t.eval_every and (it + 1) % t.eval_every == 0) or it + 1 == t.steps):
             t0 = time.perf_counter()
-            row |= evaluate(cfg, pc, state.policy, tok, test, test_enc.ids, it + 1)
+            row |= evaluate(cfg, pc, state.policy, tok, test, test_enc.ids, it + 1, layout)
             row["eval_s"] = time.perf_counter() - t0
-        metrics.write(row)
+        if lead:
+            metrics.write(row)
         last = row
         if not row.get("step_ok"):  # the step kept the old state (train_step.py)
             bad_streak += 1
@@ -229,6 +276,11 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                                                                              "policy_loss")})
         bar.update(1)
         bar.set_postfix({k: f"{row[k]:.3g}" for k in ("rollout_acc", "prm_loss", "reward_gap") if row.get(k) is not None})
+        if nproc > 1:  # a SIGTERM seen by any process stops all of them at the same step
+            from jax.experimental import multihost_utils
+
+            if np.any(multihost_utils.process_allgather(np.array([bool(stop)]))) and not stop:
+                stop.append(1)
         if (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0) or it + 1 == t.steps or stop:
             ck.save(it + 1, state, {"step": it + 1, "cursor": cursor})
         if stop:
@@ -240,13 +292,16 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     ck.close()
+    policy, prm_params = jax.tree.map(sampling.to_host, (state.policy, state.prm))  # every process takes part
+    if not lead:
+        return last
     metrics.close()
     final = os.path.join(workdir, "final")
-    models.export_hf(pc, state.policy, os.path.join(final, "policy"), tokenizer=tok)
-    prm_lm = state.prm.get("trunk", state.prm.get("lm"))
+    models.export_hf(pc, policy, os.path.join(final, "policy"), tokenizer=tok)
+    prm_lm = prm_params.get("trunk", prm_params.get("lm"))
     if prm_lm is not None:
         models.export_hf(qc, prm_lm, os.path.join(final, "prm"), tokenizer=tok)
-    np.savez(os.path.join(final, "prm_head.npz"), **{k: np.asarray(v) for k, v in state.prm.get("head", {}).items()})
+    np.savez(os.path.join(final, "prm_head.npz"), **prm_params.get("head", {}))
     with open(os.path.join(final, "prm.json"), "w") as f:  # what eval_runner.PRMScorer.load needs
         json.dump({"form": cfg.prm.form, "beta": cfg.prm.beta, "loss": cfg.prm.loss,
                    "ref": os.path.abspath(cfg.model.prm or cfg.model.policy)}, f)

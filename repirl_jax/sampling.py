@@ -157,6 +157,15 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, temperature, t
     return s["tokens"], s["mask"], s["logprobs"], s["sample_lp"]
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host; with several processes (multi-host) its rows are gathered."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
              num_samples: int = 1, eos_id: int | Sequence[int] | None = None,
@@ -206,7 +215,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
                     jnp.asarray(eos or (-1,), jnp.int32), jnp.asarray(stop_JW),
                     max_new=bucket(max_new_tokens), num_samples=num_samples, top_k=top_k, nucleus=top_p < 1,
                     greedy=temperature == 0, layout=layout)
-    toks, mask, lp, slp = (np.asarray(x)[:, :max_new_tokens] for x in out)
+    toks, mask, lp, slp = (to_host(x)[:, :max_new_tokens] for x in out)
     return GenerateOutput(tokens=np.where(mask, toks, pad_id).astype(np.int32), mask=mask, logprobs=lp,
                           sample_logprobs=slp)
 

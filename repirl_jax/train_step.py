@@ -287,12 +287,13 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         metrics = {}
         prm_params, prm_opt_state = state.prm, state.prm_opt
         mask = batch.rollout_mask_GKT
-        if pc.loss != "none":
+        if pc.loss not in ("none", "frozen"):
             mbs = jax.tree.map(lambda x: split(x, pc.minibatches), batch)
             (prm_params, prm_opt_state, _, _), pm = jax.lax.scan(
                 prm_minibatch, (prm_params, prm_opt_state, state.policy, state.prm_ref), mbs)
             metrics |= {k: jnp.nanmean(v) if k == "ranking_acc" else jnp.mean(v) for k, v in pm.items()}
             metrics["max_weight"] = jnp.max(pm["max_weight"])
+        if pc.loss != "none":
             # process rewards of every rollout from the updated PRM
             r_GKT = jax.lax.stop_gradient(map_pieces(
                 lambda a: rewards(prm_params, state.policy, state.prm_ref, prm.build_seqs(*a)).reshape(-1, K, T),

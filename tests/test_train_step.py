@@ -9,6 +9,7 @@ from repirl_jax import models, sampling
 from repirl_jax import train_step as ts
 from repirl_jax.config import MeshConfig, OptimConfig, PolicyConfig, PRMConfig
 from repirl_jax.sharding import Layout
+from tests.helpers import trees_equal
 
 CFG = models.ModelConfig(family="llama", vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
                          num_heads=4, num_kv_heads=2, head_dim=8)
@@ -118,6 +119,27 @@ def test_none_is_plain_outcome_rloo():
     for a, b in zip(jax.tree.leaves(none_state.policy), jax.tree.leaves(ref_state.policy)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert not np.any(np.asarray(none_state.prm["head"]["w"])) and "prm_loss" not in m[0]
+
+
+def test_frozen_prm_rewards_without_updating_it():
+    """loss=frozen (test-time training): a given PRM shapes the policy's reward and is never updated."""
+    rng = np.random.RandomState(3)
+    batch = synthetic_batch(rng)
+    results = {}
+    for loss in ("frozen", "none"):
+        cfg = step_config(loss=loss)
+        cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, alpha_o=0.0, alpha_p=1.0))
+        step = ts.make_train_step(cfg)
+        state = ts.init_state(cfg, fresh_params(0), fresh_params(1))
+        head = {"w": jax.numpy.asarray(rng.randn(CFG.hidden_size), jax.numpy.float32), "b": jax.numpy.float32(0.3)}
+        state = dataclasses.replace(state, prm={**state.prm, "head": head})
+        before = jax.tree.map(np.asarray, state.prm)
+        state, m = step(state, batch)
+        results[loss] = (state, jax.device_get(m), before)
+    state, m, before = results["frozen"]
+    assert trees_equal(before, state.prm) and "prm_loss" not in m and abs(m["process_reward_mean"]) > 0
+    none_policy = results["none"][0].policy  # no outcome weight and no PRM: only the entropy bonus moves it
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.policy), jax.tree.leaves(none_policy)))
 
 
 def test_fifty_steps_learn_the_toy_task():
