@@ -18,6 +18,7 @@ import os
 import time
 
 import jax
+import numpy as np
 
 from . import evaluate as ev
 from . import eval_runner, loop, models, plots, sft
@@ -132,17 +133,19 @@ def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) ->
         times[name] = time.perf_counter() - t0
         prm_final = os.path.join(d, "final") if cfg.prm.loss != "none" else None
         results[name] = evaluate_run(c, os.path.join(d, "final", "policy"), prm_final, test, c.seed)
-    report = write_report(c, workdir, results, times)
+    report = write_report(c, workdir, results, times, [p.meta["steps"] for p in test])
     plots.plot_runs({m: os.path.join(workdir, m) for m in METHODS}, workdir)
     return report
 
 
-def write_report(c: DemoConfig, workdir: str, results: dict, times: dict) -> str:
+def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, levels: list[int]) -> str:
     d = c.rl.data
     rows = []
     for name, r in results.items():
         acc = ev.bootstrap_ci(r["greedy_per_problem"], seed=c.seed)
-        row = {"method": name, "held-out pass@1 (greedy) [95% CI]": ev.format_ci(*acc),
+        per = np.asarray(r["greedy_per_problem"])
+        by_level = {f"{k} steps": round(float(per[np.asarray(levels) == k].mean()), 3) for k in sorted(set(levels))}
+        row = {"method": name, "held-out pass@1 (greedy) [95% CI]": ev.format_ci(*acc), **by_level,
                "PRM ranking acc": r.get("prm_ranking_acc", ""), "PRM AUROC": r.get("prm_auroc", ""),
                "wall time (s)": round(times.get(name if name != "start" else "warm-up", 0.0))}
         rows.append(row)
