@@ -1,0 +1,272 @@
+"""Ablation sweep on the demo's setup (issue 7): which parts of rePIRL matter, with CIs.
+
+    python -m benchmarks.ablations [--steps 250] [--seeds 3] [--out docs/results.md] [--workdir runs/ablations]
+                                   [--variants rloo,repirl,...] [--bon-samples 16] [--set warmup.steps=20 ...]
+
+The demo's imitation warm-up (`demo.warmup`) is built once; every variant then runs `loop.run` from
+that start on the hard levels with its overrides of `demo.default_config().rl`, once per seed
+(train.seed = 0..S-1: rollout sampling and PRM init; the problems and their order stay fixed).
+Each run is evaluated by greedy pass@1 on the held-out split. For every variant with a PRM, its
+seed-0 policy draws N samples per held-out problem at T=1 and its PRM picks among them: the
+best-of-n curve (exact expectation over n-subsets, evaluate.best_of_n_curve) against majority vote
+over the same samples (compare.majority_vote_curve), n = 1..N, and the PRM's AUROC on them.
+
+Statistics: pass@1 mean with a 95% CI from a bootstrap that resamples seeds and problems
+(compare.seeds_problems_bootstrap); the difference to RLOO by a paired bootstrap over problems of
+the per-problem means over seeds. Wall time: `loop.run` per seed (compiles included).
+
+Resumable: everything lives under WORKDIR/<hash of the full config>/ and a finished run (its
+final/ export) or evaluation (eval.json) is never redone; an interrupted run resumes from its
+checkpoint. The results file says at the top which command generated it and whether the sweep
+was run at the demo's full size; below that size it is labelled a toy run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
+    "rloo": (["prm.loss=none"], "plain outcome RLOO, no PRM"),
+    "repirl": ([], "rePIRL: head PRM, importance weights, pseudo-experts, the demo's alpha_p"),
+    "no_importance_weights": (["prm.importance_weights=false"], "uniform weights over negatives"),
+    "no_pseudo_experts": (["prm.pseudo_experts=false"], "correct rollouts not added to the positives"),
+    "prime": (["prm.form=implicit", "prm.loss=prime"], "PRIME: implicit PRM, cross-entropy on outcomes"),
+    "discriminator": (["prm.loss=discriminator"], "discriminator PRM (expert vs policy)"),
+    "form_implicit": (["prm.form=implicit"], "rePIRL with the implicit PRM form"),
+    "form_shared": (["prm.form=shared"], "rePIRL with the head on the policy's trunk"),
+    "alpha_p=0.05": (["policy.alpha_p=0.05"], "process reward weight 0.05"),
+    "alpha_p=0.1": (["policy.alpha_p=0.1"], "process reward weight 0.1"),
+    "alpha_p=0.5": (["policy.alpha_p=0.5"], "process reward weight 0.5"),
+}
+FULL = dict(steps=250, seeds=3, n_test=400, bon=16)  # the demo's size: below it the file says "toy"
+NS = tuple(range(1, 17))
+log = logging.getLogger("ablations")
+
+
+def configure(args):
+    from repirl_jax import demo
+    from repirl_jax.config import apply_overrides
+
+    c = apply_overrides(demo.default_config(), list(args.set or []))
+    return apply_overrides(c, [f"rl.train.steps={args.steps}"])
+
+
+def run_dir(root: str, variant: str, seed: int) -> str:
+    return os.path.join(root, variant, f"seed{seed}")
+
+
+def train(c, start: str, variant: str, seed: int, root: str) -> dict:
+    """loop.run for one (variant, seed) unless its final export exists; {"train_s": wall time}."""
+    from repirl_jax import loop
+    from repirl_jax.config import ModelSource, apply_overrides
+
+    d = run_dir(root, variant, seed)
+    wall = os.path.join(d, "wall.json")
+    if os.path.isfile(os.path.join(d, "final", "prm.json")) and os.path.isfile(wall):
+        with open(wall) as f:
+            return json.load(f)
+    cfg = apply_overrides(dataclasses.replace(c.rl, model=ModelSource(policy=start)),
+                          VARIANTS[variant][0] + [f"train.seed={seed}"])
+    t0 = time.perf_counter()
+    resumed = os.path.isdir(os.path.join(d, "checkpoints"))
+    loop.run(cfg, d)
+    out = {"train_s": time.perf_counter() - t0, "resumed": resumed}  # a resumed run counts only its last part
+    with open(wall, "w") as f:
+        json.dump(out, f)
+    return out
+
+
+def evaluate(c, start: str, variant: str | None, seed: int, root: str, test, bon: int, workers: int) -> dict:
+    """Greedy pass@1 per held-out problem; for seed 0 of a PRM variant also the best-of-n and
+    majority-vote curves over `bon` samples and the PRM's AUROC. Cached in eval.json."""
+    from repirl_jax import compare, eval_runner, models
+    from repirl_jax import evaluate as ev
+    from repirl_jax.data import prompts
+
+    d = run_dir(root, variant, seed) if variant else os.path.join(root, "start")
+    path = os.path.join(d, "eval.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    policy = os.path.join(d, "final", "policy") if variant else start
+    pc, params = models.load(policy)
+    tok = models.load_tokenizer(policy)
+    enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)
+    probs = [test[i] for i in enc.kept]
+    kw = dict(max_new_tokens=c.rl.data.max_new_tokens, workers=workers)
+    greedy = eval_runner.rollouts(pc, params, tok, probs, enc.ids, **kw)
+    out = {"problem_ids": [p.id for p in probs], "greedy": greedy.correct_PN[:, 0].astype(float).tolist()}
+    has_prm = variant and "prm.loss=none" not in VARIANTS[variant][0]
+    if has_prm and seed == 0 and bon > 1:
+        s = eval_runner.rollouts(pc, params, tok, probs, enc.ids, n=bon, temperature=1.0, seed=c.seed, **kw)
+        scorer = eval_runner.PRMScorer.load(os.path.join(d, "final"), (pc, params))
+        scores = scorer.scores(enc.ids, s.tokens, s.mask, bon)
+        ns = [n for n in NS if n <= bon]
+        out |= {"bon_prm": {str(k): v for k, v in ev.best_of_n_curve(scores, s.correct_PN, ns).items()},
+                "bon_maj": {str(k): v for k, v in compare.majority_vote_curve(
+                    s.answers_PN, s.correct_PN, ns, seed=c.seed).items()},
+                "auroc": ev.auroc(scores.ravel(), s.correct_PN.ravel())}
+    os.makedirs(d, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f)
+    return out
+
+
+def summarize(c, results: dict, walls: dict, base: str = "rloo") -> list[dict]:
+    from repirl_jax import compare
+    from repirl_jax import evaluate as ev
+
+    rows = []
+    per_base = np.mean([r["greedy"] for r in results.get(base, [])], axis=0) if results.get(base) else None
+    for name, runs in results.items():
+        x = np.array([r["greedy"] for r in runs])
+        what = " ".join(VARIANTS[name][0]) if name in VARIANTS else "(warm-up only)"
+        if name == "repirl":
+            what = f"(demo default: prm.form={c.rl.prm.form}, policy.alpha_p={c.rl.policy.alpha_p})"
+        row = {"method": name, "overrides": what,
+               "seeds": len(runs),
+               "held-out pass@1 (greedy) [95% CI]": ev.format_ci(*compare.seeds_problems_bootstrap(x))}
+        if per_base is not None and name != base:
+            m, lo, hi, p = ev.paired_bootstrap(x.mean(0), per_base)
+            row |= {f"diff vs {base} [95% CI]": ev.format_ci(m, lo, hi), "p": p}
+        if runs[0].get("auroc") is not None:
+            row["PRM AUROC (seed 0)"] = runs[0]["auroc"]
+        if walls.get(name):
+            row["train s / seed"] = round(float(np.mean([w["train_s"] for w in walls[name]])))
+        rows.append(row)
+    return rows
+
+
+def plot_bon(curves: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, r) in enumerate(curves.items()):
+        ns = [int(n) for n in r["bon_prm"]]
+        ax.plot(ns, list(r["bon_prm"].values()), "-o", color=f"C{i}", ms=3, label=f"{name}: PRM best-of-n")
+        ax.plot(ns, list(r["bon_maj"].values()), "--", color=f"C{i}", alpha=0.6, label=f"{name}: majority vote")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("n samples per problem")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(args, c, rows, curves, n_test: int, root: str) -> str:
+    from repirl_jax import evaluate as ev
+
+    toy = (args.steps < FULL["steps"] or args.seeds < FULL["seeds"] or n_test < FULL["n_test"]
+           or args.bon_samples < FULL["bon"] or bool(args.set) or set(args.variants.split(",")) != set(VARIANTS))
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    banner = ("> **TOY RUN, NOT A RESULT.** Generated below the demo's full size "
+              f"(full: --steps {FULL['steps']} --seeds {FULL['seeds']}, {FULL['n_test']} held-out problems, "
+              f"{FULL['bon']} best-of-n samples, all variants, no --set). It shows that the sweep runs; "
+              "its numbers say nothing about the methods.\n\n" if toy else "")
+    cols = ["method", "overrides", "seeds", "held-out pass@1 (greedy) [95% CI]", "diff vs rloo [95% CI]", "p",
+            "PRM AUROC (seed 0)", "train s / seed"]
+    ns = [n for n in (1, 2, 4, 8, 16) if n <= args.bon_samples]
+    selectors = (("PRM best-of-n", "bon_prm"), ("majority vote", "bon_maj"))
+    bon_rows = [{"method": name, "selector": sel, **{f"n={n}": r[key].get(str(n)) for n in ns}}
+                for name, r in curves.items() for sel, key in selectors]
+    png = os.path.splitext(args.out)[0] + "_bon.png"
+    if curves:
+        plot_bon(curves, png, ("TOY RUN, NOT A RESULT: " if toy else "") + "PRM best-of-n vs majority vote")
+    d = c.rl.data
+    text = f"""# Ablations on the demo setup
+
+Generated by `python -m benchmarks.ablations {shlex.join(sys.argv[1:])}` (commit {rev or 'unknown'},
+{time.strftime('%Y-%m-%d')}); runs under `{root}`. Do not edit by hand: rerun the command.
+
+{banner}Task: arithmetic chains modulo {d.modulus}, {d.min_steps}-{d.max_steps} steps, after the demo's imitation
+warm-up ({c.warmup.steps} steps on {c.warmup.min_steps}-{c.warmup.max_steps}-step chains). Each method:
+{args.steps} RL steps of {d.prompts_per_step} prompts x {d.samples} samples from the same start, seeds
+0..{args.seeds - 1}. Held-out: {n_test} problems never trained on, greedy pass@1. CI: bootstrap over seeds and
+problems; diff vs rloo: paired bootstrap over problems of the per-problem mean over seeds (two-sided p).
+AUROC: the method's PRM on {args.bon_samples} T=1 samples of its seed-0 policy per held-out problem. Wall
+time: `loop.run` per seed on this machine, compiles included.
+
+{ev.markdown_table(rows, cols)}
+
+## Best-of-n with each PRM vs majority vote
+
+{args.bon_samples} samples per held-out problem at T=1 from each method's seed-0 policy. PRM best-of-n: exact
+expectation over n-subsets (evaluate.best_of_n_curve, ties to the earlier sample); majority vote: 200 random
+n-subsets per problem (compare.majority_vote_curve). Plot (n = 1..{args.bon_samples}): `{os.path.basename(png)}`.
+
+{ev.markdown_table(bon_rows, ["method", "selector"] + [f"n={n}" for n in ns]) if bon_rows else "(no PRM variant run)"}
+
+Config (demo.DemoConfig before each method's overrides): `{json.dumps(dataclasses.asdict(c))}`
+"""
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=FULL["steps"], help="RL steps per run")
+    p.add_argument("--seeds", type=int, default=FULL["seeds"])
+    p.add_argument("--out", default="docs/results.md")
+    p.add_argument("--workdir", default="runs/ablations")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--bon-samples", type=int, default=FULL["bon"], help="samples per problem for best-of-n curves")
+    p.add_argument("--workers", type=int, default=2, help="verifier processes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a demo config field, e.g. warmup.steps=20")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or "rloo" not in variants:
+        print(f"ablations: error: variants {unknown} unknown, or rloo (the baseline) missing; "
+              f"choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    from repirl_jax import demo, loop
+    from repirl_jax.config import apply_overrides
+
+    c = configure(args)
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(c), sort_keys=True).encode()).hexdigest()[:10]
+    root = os.path.join(args.workdir, key)
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(c), f, indent=1)
+    # a variant equal to the demo's default (e.g. its own alpha_p) would repeat the rePIRL row
+    same = [v for v in variants if v != "repirl" and apply_overrides(c.rl, VARIANTS[v][0]) == c.rl]
+    if same:
+        log.info("skipping %s: the same config as repirl (the demo's default)", ", ".join(same))
+        variants = [v for v in variants if v not in same]
+    start = demo.warmup(c, root)
+    _, test = loop.load_problems(c.rl)
+    results = {"start": [evaluate(c, start, None, 0, root, test, 0, args.workers)]}
+    walls, curves = {}, {}
+    for v in variants:
+        for s in range(args.seeds):
+            log.info("=== %s seed %d (%s)", v, s, run_dir(root, v, s))
+            walls.setdefault(v, []).append(train(c, start, v, s, root))
+            r = evaluate(c, start, v, s, root, test, args.bon_samples, args.workers)
+            results.setdefault(v, []).append(r)
+            if "bon_prm" in r:
+                curves[v] = r
+    rows = summarize(c, results, walls)
+    print(write_results(args, c, rows, curves, len(results["start"][0]["greedy"]), root))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

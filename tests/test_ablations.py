@@ -1,0 +1,58 @@
+"""benchmarks/ablations.py: the summary statistics, refusals, and a toy-size sweep that resumes
+without redoing anything and labels its output as a toy run."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import ablations
+from repirl_jax import compare, demo
+from repirl_jax import evaluate as ev
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = ["--steps", "1", "--seeds", "1", "--variants", "rloo,repirl", "--bon-samples", "2",
+       "--set", "warmup.steps=10", "--set", "warmup.optim.total_steps=10", "--set", "warmup.optim.warmup_steps=2",
+       "--set", "warmup.n_train=100", "--set", "rl.data.n_test=6", "--set", "rl.data.n_train=32"]
+
+
+def test_summary_rows():
+    c = demo.default_config()
+    results = {"rloo": [{"greedy": [0, 1, 0, 0]}, {"greedy": [0, 1, 1, 0]}],
+               "repirl": [{"greedy": [1, 1, 0, 0], "auroc": 0.75}, {"greedy": [1, 1, 1, 1]}]}
+    walls = {"rloo": [{"train_s": 10.0}, {"train_s": 12.0}], "repirl": [{"train_s": 20.0}, {"train_s": 22.0}]}
+    rows = ablations.summarize(c, results, walls)
+    assert [r["method"] for r in rows] == ["rloo", "repirl"]
+    assert rows[0]["held-out pass@1 (greedy) [95% CI]"] == ev.format_ci(
+        *compare.seeds_problems_bootstrap(np.array([[0, 1, 0, 0], [0, 1, 1, 0]])))
+    m, lo, hi, p = ev.paired_bootstrap([1, 1, 0.5, 0.5], [0, 1, 0.5, 0])
+    assert rows[1]["diff vs rloo [95% CI]"] == ev.format_ci(m, lo, hi) and rows[1]["p"] == p
+    assert rows[1]["PRM AUROC (seed 0)"] == 0.75 and rows[1]["train s / seed"] == 21
+    assert "policy.alpha_p=" in rows[1]["overrides"] and "diff vs rloo [95% CI]" not in rows[0]
+
+
+def test_unknown_variant_or_no_baseline_is_refused(capsys):
+    assert ablations.main(["--variants", "rloo,magic"]) == 2
+    assert "['magic'] unknown" in capsys.readouterr().err
+    assert ablations.main(["--variants", "repirl"]) == 2
+    assert "rloo (the baseline) missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_toy_sweep_runs_resumes_and_says_toy(tmp_path):
+    out = tmp_path / "results.md"
+    cmd = [sys.executable, "-m", "benchmarks.ablations", *TOY, "--out", str(out), "--workdir", str(tmp_path / "runs")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Ablations") and "TOY RUN, NOT A RESULT" in text
+    assert "python -m benchmarks.ablations --steps 1 --seeds 1" in text
+    for needle in ("| rloo | prm.loss=none | 1 |", "| repirl | (demo default", "| repirl | PRM best-of-n |",
+                   "| repirl | majority vote |"):
+        assert needle in text, text
+    assert (tmp_path / "results_bon.png").read_bytes()[:4] == b"\x89PNG"
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "reusing" in again.stderr, again.stderr[-2000:]
+    assert "train:" not in again.stderr  # no training step ran the second time
+    assert out.read_text().split("\n", 4)[4] == text.split("\n", 4)[4]  # same results, below the header
