@@ -21,8 +21,7 @@ def cmd_eval(args) -> int:
     """A policy (and a PRM) on held-out problems: metrics with 95% bootstrap CIs, per-problem JSON."""
     from . import eval_runner, models
     from . import evaluate as ev
-    from .config import DataConfig, apply_overrides
-    from .config import ConfigError
+    from .config import ConfigError, DataConfig, apply_overrides
     from .data import prompts, tasks
 
     if args.champ is not None:
