@@ -1,6 +1,6 @@
 """Ablation sweep on the demo's setup (issue 7): which parts of rePIRL matter, with CIs.
 
-    python -m benchmarks.ablations [--steps 250] [--seeds 3] [--out docs/results.md] [--workdir runs/ablations]
+    python -m benchmarks.ablations [--steps 600] [--seeds 3] [--out docs/results.md] [--workdir runs/ablations]
                                    [--variants rloo,repirl,...] [--bon-samples 16] [--set warmup.steps=20 ...]
 
 The demo's imitation warm-up (`demo.warmup`) is built once; every variant then runs `loop.run` from
@@ -48,7 +48,9 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "alpha_p=0.1": (["policy.alpha_p=0.1"], "process reward weight 0.1"),
     "alpha_p=0.5": (["policy.alpha_p=0.5"], "process reward weight 0.5"),
 }
-FULL = dict(steps=250, seeds=3, n_test=400, bon=16)  # the demo's size: below it the file says "toy"
+# the demo's size (repirl_jax/demo.py default_config: 600 RL steps, 400 held-out problems); below it
+# the file says "toy"
+FULL = dict(steps=600, seeds=3, n_test=400, bon=16)
 NS = tuple(range(1, 17))
 log = logging.getLogger("ablations")
 

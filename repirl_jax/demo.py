@@ -62,7 +62,7 @@ def default_config() -> DemoConfig:
         # rates scaled up for a 0.1M-parameter model and a few hundred steps
         prm=PRMConfig(optim=OptimConfig(lr=3e-4, grad_clip=10.0)),
         policy=PolicyConfig(alpha_p=0.1, optim=OptimConfig(lr=3e-4, grad_clip=1.0)),
-        train=LoopConfig(steps=250, eval_every=50, checkpoint_every=50, verify_workers=2)))
+        train=LoopConfig(steps=600, eval_every=50, checkpoint_every=100, verify_workers=2)))
 
 
 METHODS = {"rloo": ["prm.loss=none"], "repirl": []}
