@@ -90,6 +90,15 @@ def _rewards(form, beta, cfg, params, ref, ptoks, pmask, resp_GNT, rmask_GNT):
     return prm.token_rewards(form, beta, cfg, cfg, params, trunk, ref, seqs)
 
 
+def _vote_correct(s: Rollouts, weights_PN=None) -> np.ndarray:
+    """[P] 0/1: the (weighted) vote's answer is right, as the verifier judged a sample giving it."""
+    out = []
+    for p, answers in enumerate(s.answers_PN):
+        v = ev.majority_vote(answers) if weights_PN is None else ev.weighted_vote(answers, weights_PN[p])
+        out.append(v is not None and bool(s.correct_PN[p][answers.index(v)]))
+    return np.array(out, float)
+
+
 def metrics(greedy: Rollouts | None, sampled: Rollouts | None, scores_PN=None, ks=(1, 4, 8, 16), seed: int = 0):
     """Each metric as (mean, lo, hi) over problems, and per-problem arrays for paired comparisons."""
     per = {}
@@ -101,15 +110,11 @@ def metrics(greedy: Rollouts | None, sampled: Rollouts | None, scores_PN=None, k
         for k in ks:
             if 1 < k <= N:
                 per[f"pass@{k}"] = ev.pass_at_k_per_problem(c, k)
-        per[f"maj@{N}"] = np.array([ev.majority_vote(a) is not None and any(
-            ok for ok, x in zip(c[p], a) if x == ev.majority_vote(a)) for p, a in enumerate(sampled.answers_PN)],
-            float)
+        per[f"maj@{N}"] = _vote_correct(sampled)
         if scores_PN is not None:
             per[f"prm_best_of_{N}"] = ev.best_of_n(scores_PN, c).astype(float)
-            w = 1.0 / (1.0 + np.exp(-np.asarray(scores_PN)))  # votes need non-negative weights
-            per[f"prm_weighted_maj@{N}"] = np.array([any(
-                ok for ok, x in zip(c[p], a) if x is not None and x == ev.weighted_vote(a, w[p]))
-                for p, a in enumerate(sampled.answers_PN)], float)
+            # votes need non-negative weights: the PRM score through a sigmoid
+            per[f"prm_weighted_maj@{N}"] = _vote_correct(sampled, 1.0 / (1.0 + np.exp(-np.asarray(scores_PN))))
     summary = {k: ev.bootstrap_ci(v, seed=seed) for k, v in per.items()}
     if sampled is not None and scores_PN is not None:
         summary["prm_auroc"] = (ev.auroc(np.ravel(scores_PN), np.ravel(sampled.correct_PN)),)
