@@ -84,7 +84,8 @@ class OptimConfig:
         _check(self, "lr", self.lr >= 0, "must be >= 0")
         _check(self, "grad_clip", self.grad_clip > 0, "must be > 0")
         _check(self, "schedule", self.schedule in ("constant", "cosine"), "expected constant | cosine")
-        _check(self, "total_steps", self.schedule != "cosine" or self.total_steps > 0, "cosine needs total_steps > 0")
+        _check(self, "total_steps", self.schedule != "cosine" or self.total_steps > self.warmup_steps,
+               f"cosine needs total_steps > warmup_steps={self.warmup_steps}")
 
 
 PRM_FORMS = ("head", "implicit", "shared")

@@ -41,7 +41,8 @@ class WarmupConfig:
     steps: int = 1000
     batch: int = 64
     length: int = 48  # prompt + solution tokens
-    optim: OptimConfig = OptimConfig(lr=3e-3, warmup_steps=50, schedule="cosine", total_steps=1000)
+    lr: float = 3e-3  # AdamW, linear warm-up for lr_warmup steps, then cosine decay to 0 at `steps`
+    lr_warmup: int = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +91,9 @@ def warmup(c: DemoConfig, workdir: str) -> str:
                             tie_word_embeddings=True, eos_token_id=tok.eos_token_id, max_position_embeddings=512)
     enc = prompts.encode(easy, tok, w.length)
     sols = [tok(easy[i].experts[0] + tok.eos_token, add_special_tokens=False)["input_ids"] for i in enc.kept]
+    optim = OptimConfig(lr=w.lr, warmup_steps=min(w.lr_warmup, w.steps // 2), schedule="cosine", total_steps=w.steps)
     params, losses = sft.train(mc, models.init_params(mc, jax.random.key(c.seed)), enc.ids, sols, steps=w.steps,
-                               batch=w.batch, optim=w.optim, length=w.length, seed=c.seed, desc="imitation")
+                               batch=w.batch, optim=optim, length=w.length, seed=c.seed, desc="imitation")
     models.export_hf(mc, params, out, tokenizer=tok)
     with open(os.path.join(workdir, "warmup_losses.json"), "w") as f:
         json.dump(losses, f)

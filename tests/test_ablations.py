@@ -13,7 +13,7 @@ from repirl_jax import evaluate as ev
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ["--steps", "1", "--seeds", "1", "--variants", "rloo,repirl", "--bon-samples", "2",
-       "--set", "warmup.steps=10", "--set", "warmup.optim.total_steps=10", "--set", "warmup.optim.warmup_steps=2",
+       "--set", "warmup.steps=10", "--set", "warmup.lr_warmup=2",
        "--set", "warmup.n_train=100", "--set", "rl.data.n_test=6", "--set", "rl.data.n_train=32"]
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--set", "warmup.steps=20", "--set", "warmup.optim.total_steps=20", "--set", "warmup.n_train=200",
+SMALL = ["--set", "warmup.steps=20", "--set", "warmup.n_train=200",
          "--set", "rl.train.steps=2", "--set", "rl.data.n_test=12", "--set", "rl.data.n_train=64",
          "--set", "eval_samples=2"]
 
