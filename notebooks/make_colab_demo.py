@@ -52,7 +52,8 @@ from repirl_jax.data import packaged, prompts
 
 pc, policy = models.load(f"{WORKDIR}/final/policy")
 problems = packaged.gsm_symbolic(4 if SMALL else 64, split="test")
-ids = prompts.encode(problems, tok, 256).ids
+enc = prompts.encode(problems, tok, 256)
+problems, ids = [problems[i] for i in enc.kept], enc.ids
 N = 4
 samples = eval_runner.rollouts(pc, policy, tok, problems, ids, n=N, temperature=1.0,
                                max_new_tokens=run_cfg.data.max_new_tokens, seed=0)

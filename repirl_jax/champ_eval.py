@@ -80,7 +80,7 @@ def score_solutions(scorer, tokenizer, problems, sols, *, max_prompt_len: int = 
     for s in sols:
         enc = prompts.encode([by_id[s.problem_id]], tokenizer, max_prompt_len, overflow="truncate")
         ids, step_of = token_steps(tokenizer, s.text)
-        cap = min(max_tokens, scorer.cfg.max_position_embeddings - len(enc.ids[0]))
+        cap = max(0, min(max_tokens, scorer.cfg.max_position_embeddings - len(enc.ids[0])))
         ids, step_of = ids[:cap], step_of[:cap]
         label = step_label(s.text, s.first_wrong_span)
         # steps are renumbered 0..k-1 over those with tokens: a label must point into them
@@ -95,9 +95,7 @@ def score_solutions(scorer, tokenizer, problems, sols, *, max_prompt_len: int = 
         chunk = items[b:b + batch]
         chunk = chunk + [chunk[-1]] * (batch - len(chunk))  # a fixed batch size: one compile per length bucket
         T = sampling.bucket(max(len(x[2]) for x in chunk))
-        toks, mask = np.zeros((batch, T), np.int32), np.zeros((batch, T), bool)
-        for j, x in enumerate(chunk):
-            toks[j, :len(x[2])], mask[j, :len(x[2])] = x[2], True
+        toks, mask = sampling.pad_right([x[2] for x in chunk], T)
         r = scorer.token_rewards([x[1] for x in chunk], toks, mask, 1)
         for j, (s, _, ids, step_of, label) in enumerate(chunk[:len(items[b:b + batch])]):
             own, prefix = step_scores(np.asarray(r[j, :len(ids)], np.float64), step_of)

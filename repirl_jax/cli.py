@@ -30,7 +30,7 @@ def cmd_eval(args) -> int:
         return champ_eval.cli(args)
     if not args.task or (args.beam and not args.prm):
         raise ConfigError("eval needs --task (or --champ), and --beam needs --prm (the PRM guides the search)")
-    d = apply_overrides(DataConfig(task=args.task, path=args.data or "", n_train=1, n_test=args.n), args.set or [])
+    d = apply_overrides(DataConfig(task=args.task, path=args.data or "", n_train=args.n if args.split == "train" else 1, n_test=args.n), args.set or [])
     train, test = tasks.load_problems(d)
     problems = test if args.split == "test" else train
     pc, params = models.load(args.policy)
@@ -241,7 +241,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ModelLoadError, DataError, FileNotFoundError, FileExistsError, ConfigError, TrainingAborted) as e:
+    # ValueError: what our checks raise for bad input elsewhere (generate's limits, task parameters)
+    except (ModelLoadError, DataError, FileNotFoundError, FileExistsError, ConfigError, TrainingAborted,
+            ValueError) as e:
         print(f"repirl {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -103,7 +103,10 @@ def warmup(c: DemoConfig, workdir: str) -> str:
 def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, seed: int) -> dict:
     pc, params = models.load(policy_dir)
     tok = models.load_tokenizer(policy_dir)
-    ids = prompts.encode(test, tok, c.rl.data.max_prompt_len).ids
+    enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)
+    if enc.dropped:  # per-problem results must stay aligned with `test`
+        raise ValueError(f"demo: {enc.dropped} held-out prompts exceed rl.data.max_prompt_len={c.rl.data.max_prompt_len}")
+    ids = enc.ids
     T = c.rl.data.max_new_tokens
     greedy = eval_runner.rollouts(pc, params, tok, test, ids, max_new_tokens=T)
     out = {"greedy_per_problem": greedy.correct_PN[:, 0].astype(float).tolist()}

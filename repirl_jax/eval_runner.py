@@ -66,6 +66,8 @@ class PRMScorer:
         cfg, lm = models.load(os.path.join(final_dir, "prm"))
         if meta["form"] == "head":
             return cls("head", meta["beta"], cfg, {"trunk": lm, "head": head})
+        if not meta.get("ref"):
+            raise ValueError(f"{final_dir}: an implicit PRM of a random tiny model; its reference cannot be reloaded")
         _, ref = models.load(meta["ref"])
         return cls("implicit", meta["beta"], cfg, {"lm": lm}, ref)
 

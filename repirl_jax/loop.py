@@ -105,9 +105,16 @@ def check_workdir(workdir: str, cfg: TrainConfig, write: bool = True):
                           if json.loads(json.dumps(loose(mine)[s].get(k))) != loose(theirs).get(s, {}).get(k))
             raise ConfigError(f"{workdir}: holds a run with a different config ({', '.join(diff[:5])}); "
                              "use a new --workdir")
-    if write:
-        with open(path, "w") as f:
+    if write:  # atomically: other processes may be reading it
+        with open(path + ".tmp", "w") as f:
             json.dump(mine, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+
+def prm_ref_path(cfg: TrainConfig) -> str | None:
+    """Where the implicit PRM's frozen reference can be reloaded from (None: a random tiny model)."""
+    src = cfg.model.prm or cfg.model.policy
+    return None if src == "tiny" else models.smollm2_dir() if src == "smollm2" else os.path.abspath(src)
 
 
 def verify_shared(problems, texts, t) -> tuple[np.ndarray, int]:
@@ -140,15 +147,6 @@ def load_head(path: str, prm_params: dict) -> dict:
         raise ConfigError(f"model.prm_head={path}: holds {sorted(head)} of shapes "
                           f"{[v.shape for v in head.values()]}, expected {want}")
     return {k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in head.items()}
-
-
-def pad_right(rows: list[list[int]], T: int) -> tuple[np.ndarray, np.ndarray]:
-    out, mask = np.zeros((len(rows), T), np.int32), np.zeros((len(rows), T), bool)
-    for i, r in enumerate(rows):
-        r = r[:T]
-        out[i, :len(r)] = r
-        mask[i, :len(r)] = True
-    return out, mask
 
 
 def evaluate(cfg: TrainConfig, pc, params, tok, problems, ids, step: int, layout=None) -> dict:
@@ -197,11 +195,13 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
         state = dataclasses.replace(state, prm={**state.prm, "head": load_head(cfg.model.prm_head, state.prm)})
     ck = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints)
     start, cursor = 0, 0
-    if ck.latest_step() is not None:
-        state, extras = ck.restore(checkpoint.abstract_like(state))
+    if ck.latest_step() is not None:  # restored straight into the step's shardings (global arrays)
+        target = checkpoint.abstract_like(state) if layout is None else jax.tree.map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, step.state_shardings)
+        state, extras = ck.restore(target)
         start, cursor = extras["step"], extras["cursor"]
         log.info("resumed from step %d", start)
-    if layout is not None and start == 0:  # (a restore already placed it)
+    elif layout is not None:
         state = jax.tree.map(lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda i, a=np.asarray(x): a[i]),
                              state, step.state_shardings)
     metrics = MetricsLog(workdir, start) if lead else None
@@ -210,92 +210,95 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     stop = []  # SIGTERM: finish the step in flight, save, exit cleanly
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(1)) if _main_thread() else None
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not lead)
-    for it in range(start, t.steps):
-        times, t0 = {}, time.perf_counter()
-        n = G * d.oversample
-        idx = [int(order[(cursor + j) % len(train)]) for j in range(n)]
-        cursor += n
-        out = sampling.generate(pc, state.policy, [enc.ids[i] for i in idx], max_new_tokens=T,
-                                temperature=d.temperature, num_samples=K, eos_id=pc.eos_ids,
-                                seed=t.seed * 1_000_003 + it, layout=layout)
-        times["rollout_s"], t0 = time.perf_counter() - t0, time.perf_counter()
-        texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
-        ok, failed = verify_shared([train[idx[i // K]] for i in range(len(texts))], texts, t)
-        times["verify_s"], t0 = time.perf_counter() - t0, time.perf_counter()
-        boxless = np.array([last_boxed(x) is None for x in texts], np.float32)
-        acc = ok.reshape(n, K).mean(1)
-        band = [g for g in range(n) if d.acc_low <= acc[g] <= d.acc_high]
-        # keep the batch full: prompts outside the band fill the remaining slots (counted)
-        chosen = (band + [g for g in range(n) if g not in band])[:G]
-        row = {"step": it + 1, "filter_in_band": len(band), "filter_sampled": n,
-               "filter_filled": max(0, G - len(band)), "rollout_acc": float(ok.mean()), "verify_failures": failed}
-        rows = lambda g: slice(g * K, (g + 1) * K)
-        prompt_ids = [enc.ids[idx[g]] for g in chosen]
-        ptoks, pmask = sampling.left_pad(prompt_ids, P)
-        experts = []
-        for g in chosen:
-            sols = train[idx[g]].experts
-            for e in range(E):
-                ids = tok(sols[e % len(sols)] + "<|im_end|>", add_special_tokens=False)["input_ids"]
-                experts.append(ids)
-        etoks, emask = pad_right(experts, T)
-        row["expert_truncated"] = int(sum(len(x) > T for x in experts))
-        batch = ts.Batch(
-            prompt_GP=ptoks, prompt_mask_GP=pmask,
-            rollout_GKT=np.stack([out.tokens[rows(g)] for g in chosen]),
-            rollout_mask_GKT=np.stack([out.mask[rows(g)] for g in chosen]),
-            sampler_logp_GKT=np.stack([out.logprobs[rows(g)] for g in chosen]),
-            outcome_GK=np.stack([ok[rows(g)] for g in chosen]),
-            format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
-            expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T))
-        if layout is not None:  # global arrays: each process's devices receive only their rows
-            batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch, is_leaf=lambda v: isinstance(v, tuple))
-        state, m = step(state, batch)
-        # JSON has no NaN: a metric with nothing to measure (no correct/wrong pair) is null
-        m = {k: (float(v) if np.isfinite(v) else None) for k, v in jax.device_get(m).items()}
-        times["step_s"] = time.perf_counter() - t0
-        row |= m | times
-        if test and ((t.eval_every and (it + 1) % t.eval_every == 0) or it + 1 == t.steps):
-            t0 = time.perf_counter()
-            row |= evaluate(cfg, pc, state.policy, tok, test, test_enc.ids, it + 1, layout)
-            row["eval_s"] = time.perf_counter() - t0
-        if lead:
-            metrics.write(row)
-        last = row
-        if not row.get("step_ok"):  # the step kept the old state (train_step.py)
-            bad_streak += 1
-            log.warning("step %d rejected: non-finite loss, gradient or parameter; state kept (%d in a row)",
-                        it + 1, bad_streak)
-            if bad_streak >= MAX_BAD_STEPS:
-                ck.close()
-                raise TrainingAborted(f"{workdir}: {bad_streak} non-finite steps in a row (last: step {it + 1}); "
-                                      "stopped, earlier checkpoints kept")
-        else:
-            bad_streak = 0
-        log.info("step %d/%d %s", it + 1, t.steps, {k: row.get(k) for k in ("rollout_acc", "prm_loss", "reward_gap",
-                                                                             "policy_loss")})
-        bar.update(1)
-        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("rollout_acc", "prm_loss", "reward_gap") if row.get(k) is not None})
-        if nproc > 1:  # a SIGTERM seen by any process stops all of them at the same step
-            from jax.experimental import multihost_utils
+    try:
+        for it in range(start, t.steps):
+            times, t0 = {}, time.perf_counter()
+            n = G * d.oversample
+            idx = [int(order[(cursor + j) % len(train)]) for j in range(n)]
+            cursor += n
+            out = sampling.generate(pc, state.policy, [enc.ids[i] for i in idx], max_new_tokens=T,
+                                    temperature=d.temperature, num_samples=K, eos_id=pc.eos_ids,
+                                    seed=t.seed * 1_000_003 + it, layout=layout)
+            times["rollout_s"], t0 = time.perf_counter() - t0, time.perf_counter()
+            texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
+            ok, failed = verify_shared([train[idx[i // K]] for i in range(len(texts))], texts, t)
+            times["verify_s"], t0 = time.perf_counter() - t0, time.perf_counter()
+            boxless = np.array([train[idx[i // K]].kind == "math" and last_boxed(x) is None
+                                for i, x in enumerate(texts)], np.float32)  # for the format penalty: a math answer without \\boxed{}
+            acc = ok.reshape(n, K).mean(1)
+            band = [g for g in range(n) if d.acc_low <= acc[g] <= d.acc_high]
+            # keep the batch full: prompts outside the band fill the remaining slots (counted)
+            chosen = (band + [g for g in range(n) if g not in band])[:G]
+            row = {"step": it + 1, "filter_in_band": len(band), "filter_sampled": n,
+                   "filter_filled": max(0, G - len(band)), "rollout_acc": float(ok.mean()), "verify_failures": failed}
+            rows = lambda g: slice(g * K, (g + 1) * K)
+            prompt_ids = [enc.ids[idx[g]] for g in chosen]
+            ptoks, pmask = sampling.left_pad(prompt_ids, P)
+            experts = []
+            for g in chosen:
+                sols = train[idx[g]].experts  # none (e.g. a file task without experts_path): masked out
+                for e in range(E):
+                    experts.append(tok(sols[e % len(sols)] + tok.eos_token, add_special_tokens=False)["input_ids"]
+                                   if sols else [])
+            etoks, emask = sampling.pad_right(experts, T)
+            row["expert_truncated"] = int(sum(len(x) > T for x in experts))
+            batch = ts.Batch(
+                prompt_GP=ptoks, prompt_mask_GP=pmask,
+                rollout_GKT=np.stack([out.tokens[rows(g)] for g in chosen]),
+                rollout_mask_GKT=np.stack([out.mask[rows(g)] for g in chosen]),
+                sampler_logp_GKT=np.stack([out.logprobs[rows(g)] for g in chosen]),
+                outcome_GK=np.stack([ok[rows(g)] for g in chosen]),
+                format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
+                expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T))
+            if layout is not None:  # global arrays: each process's devices receive only their rows
+                batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch,
+                                     is_leaf=lambda v: isinstance(v, tuple))
+            state, m = step(state, batch)
+            # JSON has no NaN: a metric with nothing to measure (no correct/wrong pair) is null
+            m = {k: (float(v) if np.isfinite(v) else None) for k, v in jax.device_get(m).items()}
+            times["step_s"] = time.perf_counter() - t0
+            row |= m | times
+            if test and ((t.eval_every and (it + 1) % t.eval_every == 0) or it + 1 == t.steps):
+                t0 = time.perf_counter()
+                row |= evaluate(cfg, pc, state.policy, tok, test, test_enc.ids, it + 1, layout)
+                row["eval_s"] = time.perf_counter() - t0
+            if lead:
+                metrics.write(row)
+            last = row
+            if not row.get("step_ok"):  # the step kept the old state (train_step.py)
+                bad_streak += 1
+                log.warning("step %d rejected: non-finite loss, gradient or parameter; state kept (%d in a row)",
+                            it + 1, bad_streak)
+                if bad_streak >= MAX_BAD_STEPS:
+                    raise TrainingAborted(f"{workdir}: {bad_streak} non-finite steps in a row (last: step {it + 1}); "
+                                          "stopped, earlier checkpoints kept")
+            else:
+                bad_streak = 0
+            log.info("step %d/%d %s", it + 1, t.steps, {k: row.get(k) for k in ("rollout_acc", "prm_loss", "reward_gap",
+                                                                                 "policy_loss")})
+            bar.update(1)
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("rollout_acc", "prm_loss", "reward_gap")
+                             if row.get(k) is not None})
+            stopping = bool(stop)  # read once: a signal arriving later is handled after the next step
+            if nproc > 1:  # a SIGTERM seen by any process stops all of them at the same step
+                from jax.experimental import multihost_utils
 
-            if np.any(multihost_utils.process_allgather(np.array([bool(stop)]))) and not stop:
-                stop.append(1)
-        if (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0) or it + 1 == t.steps or stop:
-            ck.save(it + 1, state, {"step": it + 1, "cursor": cursor})
-        if stop:
-            ck.close()
-            bar.close()
-            log.warning("SIGTERM: saved step %d to %s; the same command resumes", it + 1, ck.dir)
-            raise TrainingAborted(f"{workdir}: stopped by SIGTERM after step {it + 1} (checkpoint saved)")
-    bar.close()
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
-    ck.close()
+                stopping = bool(np.any(multihost_utils.process_allgather(np.array([stopping]))))
+            if (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0) or it + 1 == t.steps or stopping:
+                ck.save(it + 1, state, {"step": it + 1, "cursor": cursor})
+            if stopping:
+                log.warning("SIGTERM: saved step %d to %s; the same command resumes", it + 1, ck.dir)
+                raise TrainingAborted(f"{workdir}: stopped by SIGTERM after step {it + 1} (checkpoint saved)")
+    finally:  # also on TrainingAborted (SIGTERM, non-finite steps) and any error
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        ck.close()
+        if metrics is not None:
+            metrics.close()
     policy, prm_params = jax.tree.map(sampling.to_host, (state.policy, state.prm))  # every process takes part
     if not lead:
         return last
-    metrics.close()
     final = os.path.join(workdir, "final")
     models.export_hf(pc, policy, os.path.join(final, "policy"), tokenizer=tok)
     prm_lm = prm_params.get("trunk", prm_params.get("lm"))
@@ -304,5 +307,5 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     np.savez(os.path.join(final, "prm_head.npz"), **prm_params.get("head", {}))
     with open(os.path.join(final, "prm.json"), "w") as f:  # what eval_runner.PRMScorer.load needs
         json.dump({"form": cfg.prm.form, "beta": cfg.prm.beta, "loss": cfg.prm.loss,
-                   "ref": os.path.abspath(cfg.model.prm or cfg.model.policy)}, f)
+                   "ref": prm_ref_path(cfg)}, f)
     return last

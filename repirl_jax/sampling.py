@@ -57,6 +57,16 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0) -> 
     return tokens, valid
 
 
+def pad_right(rows: Sequence[Sequence[int]], T: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded token rows [N, T] (rows cut at T) and their mask: responses and experts."""
+    out, mask = np.zeros((len(rows), T), np.int32), np.zeros((len(rows), T), bool)
+    for i, r in enumerate(rows):
+        r = r[:T]
+        out[i, :len(r)] = r
+        mask[i, :len(r)] = True
+    return out, mask
+
+
 def truncate_logits(logits_NV: jax.Array, temperature, top_k: int, top_p, min_p, nucleus: bool) -> jax.Array:
     """logits / T with tokens outside top-k, the top-p nucleus or below min_p * p_max set to -inf.
 

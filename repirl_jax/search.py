@@ -60,9 +60,7 @@ def delimiter_ids(tokenizer, delimiter: str = "\n") -> list[list[int]]:
 def _score_prefixes(scorer, prompt_ids, cands: list[tuple[int, ...]], n: int) -> np.ndarray:
     """[P * n] mean token reward of each candidate (rows problem-major, n per problem)."""
     T = sampling.bucket(max(len(c) for c in cands))  # bucketed: few shapes compile
-    toks, mask = np.zeros((len(cands), T), np.int32), np.zeros((len(cands), T), bool)
-    for j, c in enumerate(cands):
-        toks[j, :len(c)], mask[j, :len(c)] = c, True
+    toks, mask = sampling.pad_right(cands, T)
     r = scorer.token_rewards(prompt_ids, toks, mask, n)
     return r.sum(1) / np.maximum(mask.sum(1), 1)
 
