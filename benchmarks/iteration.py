@@ -63,10 +63,12 @@ def make_ours(cfg, params, tok, problems, ids, K, T, prm_loss="none", micro=1, r
     cfg = cfg.replace(remat=remat)
     G = len(ids)
     opt = OptimConfig(lr=LR, grad_clip=1.0)
-    sc = ts.StepConfig(cfg, cfg, PRMConfig(loss=prm_loss, microbatches=micro, optim=opt),
+    # plain RLOO keeps no PRM trunk: the `shared` form's PRM is a head on the policy, unused with loss none
+    form = "shared" if prm_loss == "none" else "head"
+    sc = ts.StepConfig(cfg, cfg, PRMConfig(form=form, loss=prm_loss, microbatches=micro, optim=opt),
                        PolicyConfig(microbatches=micro, optim=opt))
     copy = lambda t: jax.tree.map(jnp.copy, t)
-    state = [ts.init_state(sc, copy(params), copy(params))]  # the step donates its state
+    state = [ts.init_state(sc, copy(params), None if form == "shared" else copy(params))]  # the step donates it
     step = ts.make_train_step(sc)
     P = -(-max(map(len, ids)) // 32) * 32  # the step's prompt width: the longest prompt, rounded up to 32
     ptoks, pmask = sampling.left_pad(ids, P)
@@ -77,7 +79,7 @@ def make_ours(cfg, params, tok, problems, ids, K, T, prm_loss="none", micro=1, r
     calls = [0]
 
     def iteration() -> dict:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         calls[0] += 1
         out = sampling.generate(cfg, state[0].policy, ids, max_new_tokens=T, temperature=1.0, num_samples=K,
                                 seed=calls[0])
@@ -91,14 +93,17 @@ def make_ours(cfg, params, tok, problems, ids, K, T, prm_loss="none", micro=1, r
         m = jax.device_get(m)
         t3 = time.perf_counter()
         return dict(total_s=t3 - t0, rollout_s=t1 - t0, verify_s=t2 - t1, step_s=t3 - t2,
+                    cpu_share=(time.process_time() - c0) / (t3 - t0) / os.cpu_count(),
                     accuracy=float(ok.mean()), step_ok=float(m["step_ok"]))
 
     return iteration
 
 
-def make_trl(path, tok, problems, K, T):
+def make_trl(path, tok, problems, K, T, micro=1):
     """Returns iteration() running TRL's RLOOTrainer for a warm-up and a timed step; timings
-    from a callback around each optimizer step (generation and scoring happen inside it)."""
+    from a callback around each optimizer step (generation and scoring happen inside it). The
+    G*K completions are generated at once and trained on in `micro` accumulated microbatches,
+    like ours (all 32 at once need about 15 GB here)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -115,20 +120,22 @@ def make_trl(path, tok, problems, K, T):
 
     class Timer(TrainerCallback):
         def __init__(self):
-            self.times = []
+            self.times, self.cpu = [], []
 
         def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.t0)
+            self.cpu.append(time.process_time() - self.c0)
 
     timer = Timer()
     args = RLOOConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench_trl_"), per_device_train_batch_size=G * K, num_generations=K,
+        output_dir=tempfile.mkdtemp(prefix="bench_trl_"), per_device_train_batch_size=G * K // micro,
+        gradient_accumulation_steps=micro, num_generations=K,
         max_completion_length=T, generation_kwargs={"min_new_tokens": T}, temperature=1.0, top_p=1.0, top_k=0,
         max_steps=2, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, optim="adamw_torch", beta=0.0, num_iterations=1, gradient_accumulation_steps=1,
+        max_grad_norm=1.0, optim="adamw_torch", beta=0.0, num_iterations=1,
         bf16=False, gradient_checkpointing=False, use_cpu=True, shuffle_dataset=False, report_to="none",
         save_strategy="no", logging_steps=1, disable_dropout=True, seed=0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -138,6 +145,7 @@ def make_trl(path, tok, problems, K, T):
     def iteration() -> dict:
         trainer.train()  # two steps: the warm-up and the timed one
         return dict(warmup_s=timer.times[0], total_s=timer.times[1], torch_threads=torch.get_num_threads(),
+                    cpu_share=timer.cpu[1] / timer.times[1] / os.cpu_count(),
                     log=[{k: v for k, v in h.items() if isinstance(v, (int, float))}
                          for h in trainer.state.log_history])
 
@@ -145,7 +153,7 @@ def make_trl(path, tok, problems, K, T):
 
 
 def run(out: str | None = None, reps: int = 1, small: bool = False, G: int = 8, K: int = 4, T: int = 128,
-        micro: int = 2, remat: str = "none", sides=("ours", "repirl", "trl"), merge: bool = False) -> dict:
+        micro: int = 8, remat: str = "none", sides=("ours", "repirl", "trl"), merge: bool = False) -> dict:
     """`reps` is accepted for the CLI's sake: one iteration is timed per side (after a warm-up).
     merge: keep the other sides' results from an earlier run's `out` of the same size (the sides
     can then run as separate processes, each within a time limit)."""
@@ -164,12 +172,14 @@ def run(out: str | None = None, reps: int = 1, small: bool = False, G: int = 8, 
             it = make_ours(cfg, params, tok, problems, ids, K, T, "none" if side == "ours" else "repirl", micro, remat)
             warm = it()
             timed = it()
-            res[f"{side}_s"], res[side] = timed["total_s"], dict(timed, warmup_s=warm["total_s"])
+            # load average: other processes on the machine skew the timings
+            res[f"{side}_s"], res[side] = timed["total_s"], dict(timed, warmup_s=warm["total_s"],
+                                                                 load_avg_1_5_15=os.getloadavg())
             print(f"iteration {side}: {timed['total_s']:.1f} s (rollout {timed['rollout_s']:.1f}, verify "
                   f"{timed['verify_s']:.2f}, step {timed['step_s']:.1f}; warm-up {warm['total_s']:.1f})", flush=True)
     if "trl" in sides:
-        t = make_trl(path, tok, problems, K, T)()
-        res["trl_s"], res["trl"] = t["total_s"], t
+        t = make_trl(path, tok, problems, K, T, micro)()
+        res["trl_s"], res["trl"] = t["total_s"], dict(t, load_avg_1_5_15=os.getloadavg())
         print(f"iteration trl: {t['total_s']:.1f} s (warm-up {t['warmup_s']:.1f})", flush=True)
     if "ours_s" in res and "trl_s" in res:
         res["ratio"] = res["trl_s"] / res["ours_s"]
@@ -184,13 +194,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out")
     ap.add_argument("--sides", default="ours,repirl,trl")
-    ap.add_argument("--micro", type=int, default=2, help="gradient-accumulation microbatches (memory)")
+    ap.add_argument("--micro", type=int, default=8, help="gradient-accumulation microbatches (memory: 8 = one "
+                    "prompt's samples at a time)")
     ap.add_argument("--remat", default="none", choices=("none", "full", "dots"))
     ap.add_argument("--small", action="store_true", help="tiny random model (smoke run)")
     ap.add_argument("--merge", action="store_true", help="keep the other sides' results already in --out")
     a = ap.parse_args(argv)
-    run(a.out, small=a.small, micro=a.micro, remat=a.remat, sides=tuple(a.sides.split(",")), merge=a.merge,
-        **(dict(G=2, K=2, T=16) if a.small else {}))
+    run(a.out, small=a.small, micro=1 if a.small else a.micro, remat=a.remat, sides=tuple(a.sides.split(",")),
+        merge=a.merge, **(dict(G=2, K=2, T=16) if a.small else {}))
 
 
 if __name__ == "__main__":
