@@ -2,9 +2,11 @@
 SmolLM2-135M-Instruct: ours (sampling.generate + verifiers.check_math_batch + the jitted dual
 step with prm.loss=none) against TRL's RLOOTrainer (PyTorch CPU), same model weights, prompts,
 batch (G prompts x K samples), lengths and optimizer (AdamW, lr 1e-6, clip 1.0, one update per
-iteration, no KL). Both sides generate exactly T new tokens per sample at temperature 1 (TRL via
-min_new_tokens, ours with no EOS), so both do the same work; each side runs one warm-up
-iteration (compiles, allocator warm-up) and then one timed iteration on the same prompts.
+iteration, no KL, the G*K sequences in 8 accumulated microbatches on both sides). Both sides
+generate exactly T new tokens per sample at temperature 1 (TRL via min_new_tokens, ours with no
+EOS), so both do the same work; each side runs one warm-up iteration (compiles, allocator
+warm-up) and then one timed iteration on the same prompts. Each side reports `cpu_share`, the
+fraction of the machine's cores it got: below ~0.9 another process competed and times inflate.
 `repirl_s` is our full rePIRL iteration: the same plus the head PRM (a second SmolLM2 copy,
 repirl loss, one expert solution per prompt).
 
@@ -141,10 +143,21 @@ def make_trl(path, tok, problems, K, T, micro=1):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     trainer = RLOOTrainer(model=model, reward_funcs=correct, args=args, train_dataset=Dataset.from_list(rows * 2),
                           processing_class=tok, callbacks=[timer])
+    # split of TRL's time: generation + no-grad log-prob pass + rewards happen in this method
+    generate_and_score, gen_times = trainer._generate_and_score_completions, []
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        out = generate_and_score(*a, **kw)
+        gen_times.append(time.perf_counter() - t0)
+        return out
+
+    trainer._generate_and_score_completions = timed
 
     def iteration() -> dict:
         trainer.train()  # two steps: the warm-up and the timed one
         return dict(warmup_s=timer.times[0], total_s=timer.times[1], torch_threads=torch.get_num_threads(),
+                    generate_score_s=gen_times[-1], update_s=timer.times[1] - gen_times[-1],
                     cpu_share=timer.cpu[1] / timer.times[1] / os.cpu_count(),
                     log=[{k: v for k, v in h.items() if isinstance(v, (int, float))}
                          for h in trainer.state.log_history])
@@ -180,7 +193,8 @@ def run(out: str | None = None, reps: int = 1, small: bool = False, G: int = 8, 
     if "trl" in sides:
         t = make_trl(path, tok, problems, K, T, micro)()
         res["trl_s"], res["trl"] = t["total_s"], dict(t, load_avg_1_5_15=os.getloadavg())
-        print(f"iteration trl: {t['total_s']:.1f} s (warm-up {t['warmup_s']:.1f})", flush=True)
+        print(f"iteration trl: {t['total_s']:.1f} s (generate + log-probs + rewards {t['generate_score_s']:.1f}, "
+              f"update {t['update_s']:.1f}; warm-up {t['warmup_s']:.1f})", flush=True)
     if "ours_s" in res and "trl_s" in res:
         res["ratio"] = res["trl_s"] / res["ours_s"]
     write(res, out)

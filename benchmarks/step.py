@@ -15,8 +15,9 @@ trunk's matmul weights, L*(D*H*Dh + 2*D*Kv*Dh + H*Dh*D + 3*D*F); the embedding l
   prm       = 4 * (fwd(G(K+E)) + head(G(K+E)))  no-grad scoring pass + forward/backward pass
               + fwd(GK) + head(GK)              over rollouts and experts, then the rollouts
                                                 re-scored by the updated PRM
-Recomputation under remat is not counted (model FLOPs, as in MFU), so remat lowers the MFU.
-`tokens_per_s` counts response tokens trained on: G*K*T / step_s.
+Recomputation under remat is not counted (model FLOPs, as in MFU).
+`tokens_per_s` counts response tokens trained on: G*K*T / step_s. On a shared machine, also
+`mfu_cpu_time` (model FLOPs per CPU-second of this process over the matmul's) and `cpu_share`.
 
     repirl bench step [--out F] [--reps N]
     python -m benchmarks.step [--remat none|full|dots] [--chunk C] [--micro M] [--scaling]
