@@ -10,20 +10,8 @@ with problem_id, response):
         --set model.policy=/ckpt/Qwen3-4B-Base --set data.path=/data/eurus2_rl_math.parquet \\
         --set data.experts_path=/data/eurus2_experts.jsonl
 """
-from repirl_jax.config import (DataConfig, LoopConfig, MeshConfig, ModelSource, OptimConfig, PolicyConfig,
-                               PRMConfig, TrainConfig)
+from repirl_jax.config import TrainConfig, paper_math_config
 
 
 def config() -> TrainConfig:
-    return TrainConfig(
-        model=ModelSource(policy="checkpoints/Qwen3-4B-Base", dtype="bfloat16", remat="full"),
-        data=DataConfig(task="eurus", path="data/eurus2_rl_math.parquet", experts_path="data/eurus2_experts.jsonl",
-                        n_train=7000, n_test=256, prompts_per_step=128, samples=4, experts=4, oversample=2,
-                        max_prompt_len=1536, max_new_tokens=3000),
-        prm=PRMConfig(minibatches=4, microbatches=4, optim=OptimConfig(lr=3e-8, grad_clip=10.0)),
-        policy=PolicyConfig(alpha_p=0.1, minibatches=4, microbatches=4, logit_chunk=512,
-                            optim=OptimConfig(lr=5e-7, grad_clip=1.0)),
-        # 2 epochs of 7,000 problems at 128 per step
-        train=LoopConfig(steps=110, eval_every=10, eval_samples=4, checkpoint_every=5, verify_workers=16),
-        mesh=MeshConfig(shape=(1, -1, 1)),  # FSDP over every chip
-    )
+    return paper_math_config("checkpoints/Qwen3-4B-Base", alpha_p=0.1)

@@ -292,3 +292,22 @@ def _parse(raw: str, cur, full: str):
         return raw
     except ValueError:
         raise ConfigError(f"--set {full}={raw}: expected a {type(cur).__name__}") from None
+
+
+def paper_math_config(policy: str, alpha_p: float) -> TrainConfig:
+    """The paper's math setting (ALGORITHM.md sections 5 and 7), shared by configs/qwen*_math.py:
+    Eurus-2-RL-Data math with 4 expert traces each, K = 4, prompts up to 1,536 and responses up to
+    3,000 tokens, AdamW at lr 5e-7 (policy) / 3e-8 (PRM), clip 1 / 10, one PRM epoch then one policy
+    epoch in minibatches of 32 of 128 prompts, no KL, no SFT. Paths are placeholders for `--set`."""
+    return TrainConfig(
+        model=ModelSource(policy=policy, dtype="bfloat16", remat="full"),
+        data=DataConfig(task="eurus", path="data/eurus2_rl_math.parquet", experts_path="data/eurus2_experts.jsonl",
+                        n_train=7000, n_test=256, prompts_per_step=128, samples=4, experts=4, oversample=2,
+                        max_prompt_len=1536, max_new_tokens=3000),
+        prm=PRMConfig(minibatches=4, microbatches=4, optim=OptimConfig(lr=3e-8, grad_clip=10.0)),
+        policy=PolicyConfig(alpha_p=alpha_p, minibatches=4, microbatches=4, logit_chunk=512,
+                            optim=OptimConfig(lr=5e-7, grad_clip=1.0)),
+        # 2 epochs of 7,000 problems at 128 per step
+        train=LoopConfig(steps=110, eval_every=10, eval_samples=4, checkpoint_every=5, verify_workers=16),
+        mesh=MeshConfig(shape=(1, -1, 1)),  # FSDP over every chip
+    )
