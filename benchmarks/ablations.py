@@ -23,10 +23,13 @@ was run at the demo's full size; below that size it is labelled a toy run.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shlex
 import subprocess
@@ -170,7 +173,7 @@ def plot_bon(curves: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def write_results(args, c, rows, curves, n_test: int, root: str) -> str:
+def write_results(args, c, rows, curves, n_test: int, root: str, missing=()) -> str:
     from repirl_jax import evaluate as ev
 
     toy = (args.steps < FULL["steps"] or args.seeds < FULL["seeds"] or n_test < FULL["n_test"]
@@ -180,6 +183,9 @@ def write_results(args, c, rows, curves, n_test: int, root: str) -> str:
               f"(full: --steps {FULL['steps']} --seeds {FULL['seeds']}, {FULL['n_test']} held-out problems, "
               f"{FULL['bon']} best-of-n samples, all variants, no --set). It shows that the sweep runs; "
               "its numbers say nothing about the methods.\n\n" if toy else "")
+    if missing:
+        banner += (f"> **PARTIAL: {len(missing)} run(s) not finished yet** ({', '.join(missing)}); "
+                   "the sweep writes this file after every run.\n\n")
     cols = ["method", "overrides", "seeds", "held-out pass@1 (greedy) [95% CI]", "diff vs rloo [95% CI]", "p",
             "PRM AUROC (seed 0)", "train s / seed"]
     ns = [n for n in (1, 2, 4, 8, 16) if n <= args.bon_samples]
@@ -229,7 +235,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default="runs/ablations")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
     p.add_argument("--bon-samples", type=int, default=FULL["bon"], help="samples per problem for best-of-n curves")
-    p.add_argument("--workers", type=int, default=2, help="verifier processes")
+    p.add_argument("--workers", type=int, default=2, help="verifier processes per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (separate processes)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a demo config field, e.g. warmup.steps=20")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
@@ -256,19 +263,44 @@ def main(argv=None) -> int:
     start = demo.warmup(c, root)
     _, test = loop.load_problems(c.rl)
     results = {"start": [evaluate(c, start, None, 0, root, test, 0, args.workers)]}
-    walls, curves = {}, {}
-    for v in variants:
-        for s in range(args.seeds):
-            log.info("=== %s seed %d (%s)", v, s, run_dir(root, v, s))
-            walls.setdefault(v, []).append(train(c, start, v, s, root))
-            r = evaluate(c, start, v, s, root, test, args.bon_samples, args.workers)
-            results.setdefault(v, []).append(r)
-            if "bon_prm" in r:
-                curves[v] = r
-    rows = summarize(c, results, walls)
-    print(write_results(args, c, rows, curves, len(results["start"][0]["greedy"]), root))
+    # seed-major, so an interrupted sweep has every method at seed 0 before any at seed 1
+    todo = [(v, s) for s in range(args.seeds) for v in variants]
+    done: dict = {}
+
+    def write(final: bool):
+        walls = {v: [done[v, s][0] for s in range(args.seeds) if (v, s) in done] for v in variants}
+        res = dict(results)
+        res |= {v: [done[v, s][1] for s in range(args.seeds) if (v, s) in done] for v in variants}
+        res = {k: r for k, r in res.items() if r}
+        curves = {v: done[v, 0][1] for v in variants if "bon_prm" in done.get((v, 0), (0, {}))[1]}
+        missing = [f"{v} seed {s}" for v, s in todo if (v, s) not in done]
+        return write_results(args, c, summarize(c, res, walls), curves, len(results["start"][0]["greedy"]), root,
+                             missing=missing if not final else [])
+
+    job = functools.partial(_train_and_evaluate, c, start, root, args.bon_samples, args.workers)
+    if args.jobs <= 1:
+        for v, s in todo:
+            done[v, s] = job(v, s)
+            write(final=False)
+    else:  # spawn: jax is not fork-safe; each worker compiles its own shapes
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            futs = {pool.submit(job, v, s): (v, s) for v, s in todo}
+            for f in concurrent.futures.as_completed(futs):
+                done[futs[f]] = f.result()
+                write(final=False)
+    print(write(final=True))
     return 0
 
+
+def _train_and_evaluate(c, start: str, root: str, bon: int, workers: int, variant: str, seed: int):
+    from repirl_jax import loop
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.info("=== %s seed %d (%s)", variant, seed, run_dir(root, variant, seed))
+    wall = train(c, start, variant, seed, root)
+    _, test = loop.load_problems(c.rl)
+    return wall, evaluate(c, start, variant, seed, root, test, bon, workers)
 
 if __name__ == "__main__":
     sys.exit(main())
