@@ -44,3 +44,21 @@ def test_iteration_bench_small(tmp_path):
     for k in ("ours_s", "repirl_s", "ours", "repirl"):
         assert k in saved, k
     assert r["ours"]["step_ok"] == 1.0 and r["repirl"]["step_ok"] == 1.0
+
+
+def test_sampler_gemm_floor_runs_the_model_matmuls():
+    import jax
+    import numpy as np
+
+    from benchmarks import sampler
+    from repirl_jax import models
+
+    cfg = models.ModelConfig(**step.TINY)
+    params = models.init_params(cfg, jax.random.key(0))
+    t = sampler.gemm_floor_s(cfg, params, batch=4, steps=8, reps=1)
+    assert 0 < t < 60
+    # the floor's FLOPs: the weight part of flops_per_token (context 0 = no attention)
+    D, F, L, H, K, Dh, V = 32, 64, 2, 4, 2, 8, 256
+    weights = L * (D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F) + V * D
+    assert sampler.flops_per_token(cfg, 0) == 2 * weights
+    assert np.isclose(sampler.flops_per_token(cfg, 10) - sampler.flops_per_token(cfg, 0), 2 * L * 2 * H * Dh * 10)
