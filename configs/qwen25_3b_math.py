@@ -5,7 +5,7 @@ tokens, alpha_p = 0.05, AdamW (no weight decay) at lr 5e-7 (policy) and 3e-8 (PR
 Checkpoint and data paths are the user's (HF dirs / Eurus parquet or jsonl; experts as jsonl
 with problem_id, response):
 
-    repirl plan  --config configs/qwen25_3b_math.py --topology v5e-16
+    repirl plan  --config configs/qwen25_3b_math.py --topology v4-32
     repirl train --config configs/qwen25_3b_math.py --workdir runs/qwen25_3b_math \\
         --set model.policy=/ckpt/Qwen2.5-3B-Instruct --set data.path=/data/eurus2_rl_math.parquet \\
         --set data.experts_path=/data/eurus2_experts.jsonl

@@ -37,7 +37,7 @@ def cmd_eval(args) -> int:
     tok = models.load_tokenizer(args.policy)
     enc = prompts.encode(problems, tok, d.max_prompt_len)
     problems = [problems[i] for i in enc.kept]
-    kw = dict(max_new_tokens=args.max_new_tokens, workers=args.workers)
+    kw = dict(max_new_tokens=args.max_new_tokens, workers=args.workers, max_prompts=d.rollout_prompts)
     greedy = eval_runner.rollouts(pc, params, tok, problems, enc.ids, **kw)
     sampled = scores = None
     use_prm = args.prm and (args.samples > 1 or args.beam)
@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=256)
     e.add_argument("--workers", type=int, default=2, help="verifier processes")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="a data field, e.g. min_steps=3")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="a data field, e.g. min_steps=3, or "
+                   "rollout_prompts=16 (prompts per sampler call: bounds the KV cache)")
     e.add_argument("--out", help="write summary and per-problem results here (JSON)")
     e.add_argument("--beam", type=int, default=0, metavar="B", help="PRM step-level beam search of width B, steps "
                    "ending at a newline, at --temperature (needs --prm): the prm_beam metric")

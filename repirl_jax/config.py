@@ -196,12 +196,14 @@ class DataConfig:
     max_prompt_len: int = 128
     max_new_tokens: int = 48
     temperature: float = 1.0
+    rollout_prompts: int = 0  # prompts per sampler call (bounds the rollout KV cache); 0 = all at once
 
     def __post_init__(self):
         _check(self, "task", self.task in TASKS, f"expected one of {TASKS}")
         _check(self, "path", self.task in ("chain", "gsm_symbolic") or self.path, f"task {self.task!r} reads a file: set data.path")
         _check(self, "samples", self.samples >= 2, "RLOO needs >= 2 rollouts per prompt")
         _check(self, "oversample", self.oversample >= 1, "must be >= 1")
+        _check(self, "rollout_prompts", self.rollout_prompts >= 0, "must be >= 0 (0 = all prompts in one call)")
         _check(self, "acc_high", 0 <= self.acc_low <= self.acc_high <= 1, "need 0 <= acc_low <= acc_high <= 1")
 
 
@@ -298,12 +300,14 @@ def paper_math_config(policy: str, alpha_p: float) -> TrainConfig:
     """The paper's math setting (ALGORITHM.md sections 5 and 7), shared by configs/qwen*_math.py:
     Eurus-2-RL-Data math with 4 expert traces each, K = 4, prompts up to 1,536 and responses up to
     3,000 tokens, AdamW at lr 5e-7 (policy) / 3e-8 (PRM), clip 1 / 10, one PRM epoch then one policy
-    epoch in minibatches of 32 of 128 prompts, no KL, no SFT. Paths are placeholders for `--set`."""
+    epoch in minibatches of 32 of 128 prompts, no KL, no SFT. Paths are placeholders for `--set`.
+    Rollouts go through the sampler 32 prompts at a time (all 256 at once need ~80 GiB of KV cache
+    per chip on a v4-32 for Qwen3-4B)."""
     return TrainConfig(
         model=ModelSource(policy=policy, dtype="bfloat16", remat="full"),
         data=DataConfig(task="eurus", path="data/eurus2_rl_math.parquet", experts_path="data/eurus2_experts.jsonl",
                         n_train=7000, n_test=256, prompts_per_step=128, samples=4, experts=4, oversample=2,
-                        max_prompt_len=1536, max_new_tokens=3000),
+                        max_prompt_len=1536, max_new_tokens=3000, rollout_prompts=32),
         prm=PRMConfig(minibatches=4, microbatches=4, optim=OptimConfig(lr=3e-8, grad_clip=10.0)),
         policy=PolicyConfig(alpha_p=alpha_p, minibatches=4, microbatches=4, logit_chunk=512,
                             optim=OptimConfig(lr=5e-7, grad_clip=1.0)),

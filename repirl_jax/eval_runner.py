@@ -32,9 +32,9 @@ class Rollouts:
 
 def rollouts(pc: ModelConfig, params, tok, problems, prompt_ids, *, n: int = 1, temperature: float = 0.0,
              max_new_tokens: int = 256, seed: int = 0, timeout_s: float = 5.0, workers: int = 2,
-             layout=None) -> Rollouts:
+             max_prompts: int = 0, layout=None) -> Rollouts:
     out = sampling.generate(pc, params, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                            num_samples=n, eos_id=pc.eos_ids, seed=seed, layout=layout)
+                            num_samples=n, eos_id=pc.eos_ids, seed=seed, max_prompts=max_prompts, layout=layout)
     texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
     verdicts = verify([problems[i // n] for i in range(len(texts))], texts, timeout_s, workers)
     P = len(problems)

@@ -152,7 +152,8 @@ def load_head(path: str, prm_params: dict) -> dict:
 def evaluate(cfg: TrainConfig, pc, params, tok, problems, ids, step: int, layout=None) -> dict:
     """Held-out greedy pass@1 and, with train.eval_samples = k > 1, avg@k and pass@k at T=1."""
     t, T = cfg.train, cfg.data.max_new_tokens
-    kw = dict(max_new_tokens=T, timeout_s=t.verify_timeout_s, workers=t.verify_workers, layout=layout)
+    kw = dict(max_new_tokens=T, timeout_s=t.verify_timeout_s, workers=t.verify_workers,
+              max_prompts=cfg.data.rollout_prompts, layout=layout)
     greedy = eval_runner.rollouts(pc, params, tok, problems, ids, **kw)
     row = {"eval_pass@1": float(greedy.correct_PN.mean()), "eval_n": len(problems)}
     if t.eval_samples > 1:
@@ -218,7 +219,7 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
             cursor += n
             out = sampling.generate(pc, state.policy, [enc.ids[i] for i in idx], max_new_tokens=T,
                                     temperature=d.temperature, num_samples=K, eos_id=pc.eos_ids,
-                                    seed=t.seed * 1_000_003 + it, layout=layout)
+                                    seed=t.seed * 1_000_003 + it, max_prompts=d.rollout_prompts, layout=layout)
             times["rollout_s"], t0 = time.perf_counter() - t0, time.perf_counter()
             texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
             ok, failed = verify_shared([train[idx[i // K]] for i in range(len(texts))], texts, t)

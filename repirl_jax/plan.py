@@ -150,7 +150,8 @@ def step_config(cfg: TrainConfig) -> ts.StepConfig:
 def batch_shapes(cfg: TrainConfig) -> dict:
     d = cfg.data
     return dict(G=d.prompts_per_step, K=d.samples, E=d.experts, P=sampling.bucket(d.max_prompt_len),
-                T=d.max_new_tokens, N=d.prompts_per_step * d.oversample)
+                T=d.max_new_tokens, N=d.prompts_per_step * d.oversample,
+                R=min(d.rollout_prompts or d.prompts_per_step * d.oversample, d.prompts_per_step * d.oversample))
 
 
 # ------------------------------------------------------------------ per-device bytes
@@ -214,7 +215,7 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
     sh = ts.state_shardings(scfg, layout, state)
     part = {f: _tree_bytes(getattr(state, f), getattr(sh, f)) for f in
             ("policy", "prm", "policy_opt", "prm_opt", "policy_ref", "prm_ref")}
-    G, K, E, P, T, N = (shp[k] for k in "GKEPTN")
+    G, K, E, P, T, R = (shp[k] for k in "GKEPTR")
     L = P + T
     qc, pc = cfg.policy, cfg.prm
     pol_groups, prm_groups = G // (qc.minibatches * qc.microbatches), G // (pc.minibatches * pc.microbatches)
@@ -230,13 +231,13 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
         prm_acts=_activations(prm, layout, prm_groups * (K + E), L, T, backward=trunk_grads,
                               logits=2 if pc.form == "implicit" else 0, chunk=qc.logit_chunk),
     )
-    # Rollout: the cache of N prompts is filled by the prefill, then repeated K times (both live
-    # at once); plus the prefill's forward activations.
-    cache_shape = (pol.num_layers, N * (K + 1), pol.num_kv_heads, P + T, pol.head_dim)
-    cache_shards = _shards(layout, transformer.CACHE_AXES, (pol.num_layers, N * K, pol.num_kv_heads, P + T,
+    # Rollout: the cache of the R prompts of one sampler call (data.rollout_prompts) is filled by
+    # the prefill, then repeated K times (both live at once); plus the prefill's forward activations.
+    cache_shape = (pol.num_layers, R * (K + 1), pol.num_kv_heads, P + T, pol.head_dim)
+    cache_shards = _shards(layout, transformer.CACHE_AXES, (pol.num_layers, R * K, pol.num_kv_heads, P + T,
                                                             pol.head_dim))
     r["kv_cache"] = 2 * math.prod(cache_shape) * _dtype_bytes(pol.dtype) // cache_shards
-    r["prefill_acts"] = _activations(pol, layout, N, P, 1, backward=False, logits=0, chunk=0)
+    r["prefill_acts"] = _activations(pol, layout, R, P, 1, backward=False, logits=0, chunk=0)
     state_bytes = sum(r[k] for k in ("policy_params", "prm_params", "policy_opt", "prm_opt", "policy_frozen",
                                      "prm_frozen"))
     phases = {"rollout": r["kv_cache"] + r["prefill_acts"],
@@ -304,7 +305,7 @@ def report(cfg: TrainConfig, target: Target, est: dict, aot: dict | str | None) 
         f"policy: {cfg.model.policy} ({pm.family}, {n_params(pm) / 1e9:.2f}B params); PRM ({cfg.prm.form}): "
         f"{cfg.model.prm or cfg.model.policy} ({n_params(qm) / 1e9:.2f}B); {est['dtype']}, remat={est['remat']}",
         f"batch: {s['G']} prompts x ({s['K']} rollouts + {s['E']} experts), prompt {s['P']} + response {s['T']} "
-        f"tokens; rollout of {s['N']} prompts x {s['K']}",
+        f"tokens; rollout of {s['N']} prompts x {s['K']}" + (f", {s['R']} prompts per sampler call" if s['R'] < s['N'] else ""),
         "",
         f"{'per device, GiB':34s}{'policy':>9s}{'PRM':>9s}",
         f"{'params':34s}{_g(p['policy_params'])} {_g(p['prm_params'])}",

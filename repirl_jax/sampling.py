@@ -115,7 +115,7 @@ def _stop_hit(recent_NW: jax.Array, stop_JW: jax.Array) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("cfg", "max_new", "num_samples", "top_k", "nucleus", "greedy", "layout"))
-def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, temperature, top_p, min_p, limit, eos_E,
+def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, row0, temperature, top_p, min_p, limit, eos_E,
               stop_JW, *, max_new: int, num_samples: int, top_k: int, nucleus: bool, greedy: bool,
               layout: Layout | None):
     B, P = tokens_BP.shape
@@ -130,7 +130,7 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, temperature, t
     rep = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)
     cache = jax.tree.map(lambda c: rep(c, 1), cache)  # batch is axis 1
     valid_NS, next_pos_N = rep(valid_BS), rep(positions_BP[:, -1] + 1)
-    row_keys_N = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N))
+    row_keys_N = jax.vmap(jax.random.fold_in, (None, 0))(key, row0 + jnp.arange(N))  # global row index
 
     def pick(logits_NV, step):
         keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys_N, step)
@@ -180,7 +180,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
              num_samples: int = 1, eos_id: int | Sequence[int] | None = None,
              stop: Sequence[Sequence[int]] = (), seed: int = 0, pad_id: int = 0, max_len: int | None = None,
-             layout: Layout | None = None) -> GenerateOutput:
+             max_prompts: int = 0, layout: Layout | None = None) -> GenerateOutput:
     """Samples `num_samples` completions per prompt (token-id lists of any lengths).
 
     temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 disable each truncation. A row ends
@@ -189,6 +189,10 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     max_len (default: the model's max_position_embeddings). Output rows are prompt-major:
     row i * num_samples + k is sample k of prompt i. With a layout, the batch is sharded over
     its data/fsdp axes and the params are used where they are.
+
+    max_prompts > 0 bounds the KV cache: prompts go through in chunks of that many (the last one
+    padded to the same shape, so one compile), with the same result as one call since every
+    row's randomness depends only on its global row index.
     """
     max_len = cfg.max_position_embeddings if max_len is None else max_len
     if not prompts:
@@ -209,6 +213,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         raise ValueError(f"generate: min_p={min_p}: must be in [0, 1)")
     if top_k < 0:
         raise ValueError(f"generate: top_k={top_k}: must be >= 0")
+    if max_prompts < 0:
+        raise ValueError(f"generate: max_prompts={max_prompts}: must be >= 0 (0 = all at once)")
     if any(len(s) == 0 for s in stop):
         raise ValueError("generate: a stop sequence is empty")
     eos = () if eos_id is None else (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
@@ -218,14 +224,24 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         stop_JW[j] = -1
         stop_JW[j, W - len(seq):] = seq
     tokens, valid = left_pad(prompts, bucket(max(len(p) for p in prompts)), pad_id)
-    if layout is not None:
-        tokens, valid = (layout.put(x, ("batch", None)) for x in (tokens, valid))
-    out = _generate(cfg, params, tokens, valid, jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),
-                    jnp.float32(top_p), jnp.float32(min_p), jnp.int32(max_new_tokens),
-                    jnp.asarray(eos or (-1,), jnp.int32), jnp.asarray(stop_JW),
-                    max_new=bucket(max_new_tokens), num_samples=num_samples, top_k=top_k, nucleus=top_p < 1,
-                    greedy=temperature == 0, layout=layout)
-    toks, mask, lp, slp = (to_host(x)[:, :max_new_tokens] for x in out)
+    B = len(prompts)
+    chunk = B if max_prompts <= 0 else min(max_prompts, B)
+    n_chunks = -(-B // chunk)
+    fill = n_chunks * chunk - B  # pad the last chunk with copies of the first prompt; their rows are dropped
+    tokens, valid = np.concatenate([tokens, tokens[:1].repeat(fill, 0)]), np.concatenate([valid, valid[:1].repeat(fill, 0)])
+    consts = (jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.float32(min_p), jnp.int32(max_new_tokens),
+              jnp.asarray(eos or (-1,), jnp.int32), jnp.asarray(stop_JW))
+    static = dict(max_new=bucket(max_new_tokens), num_samples=num_samples, top_k=top_k, nucleus=top_p < 1,
+                  greedy=temperature == 0, layout=layout)
+    parts = []
+    for c in range(n_chunks):
+        tok_c, val_c = tokens[c * chunk:(c + 1) * chunk], valid[c * chunk:(c + 1) * chunk]
+        if layout is not None:
+            tok_c, val_c = (layout.put(x, ("batch", None)) for x in (tok_c, val_c))
+        out = _generate(cfg, params, tok_c, val_c, jax.random.key(seed), jnp.int32(c * chunk * num_samples),
+                        *consts, **static)
+        parts.append([to_host(x)[:, :max_new_tokens] for x in out])
+    toks, mask, lp, slp = (np.concatenate(xs)[:B * num_samples] for xs in zip(*parts))
     return GenerateOutput(tokens=np.where(mask, toks, pad_id).astype(np.int32), mask=mask, logprobs=lp,
                           sample_logprobs=slp)
 

@@ -65,6 +65,15 @@ def test_bytes_halve_when_a_sharded_axis_doubles():
     assert a["kv_cache"] == 2 * b["kv_cache"] and a["policy_params"] == b["policy_params"]
 
 
+def test_rollout_prompts_bound_the_kv_cache():
+    # tiny_cpu: G=2 x oversample 2 = 4 prompts per step; one sampler call of 1 prompt holds a quarter
+    full, one = (plan.estimate(tiny((1, 1, 1), oversample=2, rollout_prompts=r), plan.devices_target(1, 16))
+                 for r in (0, 1))
+    assert full["shapes"]["R"] == 4 and one["shapes"]["R"] == 1
+    assert full["parts"]["kv_cache"] == 4 * one["parts"]["kv_cache"]
+    assert one["phases"]["rollout"] < full["phases"]["rollout"]
+
+
 def test_state_bytes_are_exact_on_one_device():
     est = plan.estimate(tiny((1, 1, 1)), plan.devices_target(1, 16))
     mc = est["policy_model"]
@@ -125,3 +134,11 @@ def test_xla_refusal_decides(capsys):
     assert need - target.hbm_bytes == pytest.approx(3.27 * plan.GIB)  # 19.02 - 15.75
     assert any("XLA refuses to compile it for one chip" in line and "19.02 GiB" in line for line in lines)
     assert lines[-1].startswith("does NOT fit")
+
+
+@pytest.mark.parametrize("name", ["qwen25_3b_math", "qwen3_4b_math"])
+def test_paper_configs_fit_the_slice_their_docstring_names(name):
+    cfg = cli.load_config(f"configs/{name}.py", [])
+    est = plan.estimate(cfg, plan.parse_topology("v4-32"))
+    assert est["shapes"]["R"] == 32 and est["peak"] < 32 * plan.GIB, est["peak"] / plan.GIB
+    assert "--topology v4-32" in open(f"configs/{name}.py").read()

@@ -145,6 +145,20 @@ def test_seeded_rows_are_deterministic_and_independent(tiny_hf):
     assert (a.sample_logprobs >= a.logprobs - 1e-5).all()  # truncation only raises kept tokens' mass
 
 
+def test_chunked_prompts_equal_one_call(tiny_hf):
+    path, _ = tiny_hf("qwen2")
+    cfg, params = models.load(path)
+    prompts = [PROMPTS[i % 3] + [i] for i in range(5)]
+    kw = dict(max_new_tokens=10, temperature=1.0, num_samples=3, seed=4, eos_id=3)
+    want = sampling.generate(cfg, params, prompts, **kw)
+    for chunk in (2, 5, 9):  # 2: three chunks, the last padded; 5: one; 9: more than there are
+        got = sampling.generate(cfg, params, prompts, max_prompts=chunk, **kw)
+        assert got.tokens.shape == want.tokens.shape == (15, 10)
+        assert np.array_equal(got.tokens, want.tokens) and np.array_equal(got.mask, want.mask), chunk
+        np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+        np.testing.assert_allclose(got.sample_logprobs, want.sample_logprobs, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)])
 def test_sharded_sampling_equals_single_device(tiny_hf, shape):
     path, _ = tiny_hf("llama_shard")
@@ -175,6 +189,7 @@ def test_chat_helper_text_in_text_out(smollm2):
     (dict(top_p=1.5), "top_p=1.5"),
     (dict(temperature=-1.0), "temperature=-1.0"),
     (dict(min_p=1.0), "min_p=1.0"),
+    (dict(max_prompts=-1), "max_prompts=-1"),
 ])
 def test_bad_input_one_clear_line(tiny_hf, bad, match):
     path, _ = tiny_hf("qwen2")
