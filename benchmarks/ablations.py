@@ -120,7 +120,8 @@ def evaluate(c, start: str, variant: str | None, seed: int, root: str, test, bon
         out |= {"bon_prm": {str(k): v for k, v in ev.best_of_n_curve(scores, s.correct_PN, ns).items()},
                 "bon_maj": {str(k): v for k, v in compare.majority_vote_curve(
                     s.answers_PN, s.correct_PN, ns, seed=c.seed).items()},
-                "auroc": ev.auroc(scores.ravel(), s.correct_PN.ravel())}
+                "auroc": ev.auroc(scores.ravel(), s.correct_PN.ravel()),
+                "ranking": ev.ranking_accuracy(scores, s.correct_PN)}
     os.makedirs(d, exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f)
@@ -146,6 +147,8 @@ def summarize(c, results: dict, walls: dict, base: str = "rloo") -> list[dict]:
             row |= {f"diff vs {base} [95% CI]": ev.format_ci(m, lo, hi), "p": p}
         if runs[0].get("auroc") is not None:
             row["PRM AUROC (seed 0)"] = runs[0]["auroc"]
+        if runs[0].get("ranking") is not None:
+            row["PRM ranking (seed 0)"] = runs[0]["ranking"]
         if walls.get(name):
             row["train s / seed"] = round(float(np.mean([w["train_s"] for w in walls[name]])))
         rows.append(row)
@@ -187,7 +190,7 @@ def write_results(args, c, rows, curves, n_test: int, root: str, missing=()) -> 
         banner += (f"> **PARTIAL: {len(missing)} run(s) not finished yet** ({', '.join(missing)}); "
                    "the sweep writes this file after every run.\n\n")
     cols = ["method", "overrides", "seeds", "held-out pass@1 (greedy) [95% CI]", "diff vs rloo [95% CI]", "p",
-            "PRM AUROC (seed 0)", "train s / seed"]
+            "PRM AUROC (seed 0)", "PRM ranking (seed 0)", "train s / seed"]
     ns = [n for n in (1, 2, 4, 8, 16) if n <= args.bon_samples]
     selectors = (("PRM best-of-n", "bon_prm"), ("majority vote", "bon_maj"))
     bon_rows = [{"method": name, "selector": sel, **{f"n={n}": r[key].get(str(n)) for n in ns}}
@@ -206,7 +209,9 @@ warm-up ({c.warmup.steps} steps on {c.warmup.min_steps}-{c.warmup.max_steps}-ste
 {args.steps} RL steps of {d.prompts_per_step} prompts x {d.samples} samples from the same start, seeds
 0..{args.seeds - 1}. Held-out: {n_test} problems never trained on, greedy pass@1. CI: bootstrap over seeds and
 problems; diff vs rloo: paired bootstrap over problems of the per-problem mean over seeds (two-sided p).
-AUROC: the method's PRM on {args.bon_samples} T=1 samples of its seed-0 policy per held-out problem. Wall
+AUROC: the method's PRM on {args.bon_samples} T=1 samples of its seed-0 policy per held-out problem (across
+problems: it also rewards telling easy problems from hard ones); ranking: the fraction of (correct, wrong)
+pairs of the same problem that the PRM orders correctly (0.5 = chance; what best-of-n needs). Wall
 time: `loop.run` per seed on this machine, compiles included.
 
 {ev.markdown_table(rows, cols)}

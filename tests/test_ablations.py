@@ -20,7 +20,7 @@ TOY = ["--steps", "1", "--seeds", "1", "--variants", "rloo,repirl", "--bon-sampl
 def test_summary_rows():
     c = demo.default_config()
     results = {"rloo": [{"greedy": [0, 1, 0, 0]}, {"greedy": [0, 1, 1, 0]}],
-               "repirl": [{"greedy": [1, 1, 0, 0], "auroc": 0.75}, {"greedy": [1, 1, 1, 1]}]}
+               "repirl": [{"greedy": [1, 1, 0, 0], "auroc": 0.75, "ranking": 0.4}, {"greedy": [1, 1, 1, 1]}]}
     walls = {"rloo": [{"train_s": 10.0}, {"train_s": 12.0}], "repirl": [{"train_s": 20.0}, {"train_s": 22.0}]}
     rows = ablations.summarize(c, results, walls)
     assert [r["method"] for r in rows] == ["rloo", "repirl"]
@@ -29,6 +29,7 @@ def test_summary_rows():
     m, lo, hi, p = ev.paired_bootstrap([1, 1, 0.5, 0.5], [0, 1, 0.5, 0])
     assert rows[1]["diff vs rloo [95% CI]"] == ev.format_ci(m, lo, hi) and rows[1]["p"] == p
     assert rows[1]["PRM AUROC (seed 0)"] == 0.75 and rows[1]["train s / seed"] == 21
+    assert rows[1]["PRM ranking (seed 0)"] == 0.4 and "PRM ranking (seed 0)" not in rows[0]
     assert "policy.alpha_p=" in rows[1]["overrides"] and "diff vs rloo [95% CI]" not in rows[0]
 
 
