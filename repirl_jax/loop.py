@@ -300,13 +300,18 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     policy, prm_params = jax.tree.map(sampling.to_host, (state.policy, state.prm))  # every process takes part
     if not lead:
         return last
-    final = os.path.join(workdir, "final")
+    export_final(os.path.join(workdir, "final"), cfg, pc, qc, policy, prm_params, tok)
+    return last
+
+
+def export_final(final: str, cfg: TrainConfig, pc, qc, policy, prm_params, tok) -> None:
+    """final/{policy, prm (HF dirs), prm_head.npz, prm.json}: what `repirl eval --prm` and
+    eval_runner.PRMScorer.load read back."""
     models.export_hf(pc, policy, os.path.join(final, "policy"), tokenizer=tok)
     prm_lm = prm_params.get("trunk", prm_params.get("lm"))
     if prm_lm is not None:
         models.export_hf(qc, prm_lm, os.path.join(final, "prm"), tokenizer=tok)
     np.savez(os.path.join(final, "prm_head.npz"), **prm_params.get("head", {}))
-    with open(os.path.join(final, "prm.json"), "w") as f:  # what eval_runner.PRMScorer.load needs
+    with open(os.path.join(final, "prm.json"), "w") as f:
         json.dump({"form": cfg.prm.form, "beta": cfg.prm.beta, "loss": cfg.prm.loss,
                    "ref": prm_ref_path(cfg)}, f)
-    return last
