@@ -272,7 +272,7 @@ def main(argv=None) -> int:
     todo = [(v, s) for s in range(args.seeds) for v in variants]
     done: dict = {}
 
-    def write(final: bool):
+    def write():  # marked PARTIAL while runs are missing
         walls = {v: [done[v, s][0] for s in range(args.seeds) if (v, s) in done] for v in variants}
         res = dict(results)
         res |= {v: [done[v, s][1] for s in range(args.seeds) if (v, s) in done] for v in variants}
@@ -280,21 +280,21 @@ def main(argv=None) -> int:
         curves = {v: done[v, 0][1] for v in variants if "bon_prm" in done.get((v, 0), (0, {}))[1]}
         missing = [f"{v} seed {s}" for v, s in todo if (v, s) not in done]
         return write_results(args, c, summarize(c, res, walls), curves, len(results["start"][0]["greedy"]), root,
-                             missing=missing if not final else [])
+                             missing=missing)
 
     job = functools.partial(_train_and_evaluate, c, start, root, args.bon_samples, args.workers)
     if args.jobs <= 1:
         for v, s in todo:
             done[v, s] = job(v, s)
-            write(final=False)
+            write()
     else:  # spawn: jax is not fork-safe; each worker compiles its own shapes
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
             futs = {pool.submit(job, v, s): (v, s) for v, s in todo}
             for f in concurrent.futures.as_completed(futs):
                 done[futs[f]] = f.result()
-                write(final=False)
-    print(write(final=True))
+                write()
+    print(write())
     return 0
 
 
@@ -306,6 +306,7 @@ def _train_and_evaluate(c, start: str, root: str, bon: int, workers: int, varian
     wall = train(c, start, variant, seed, root)
     _, test = loop.load_problems(c.rl)
     return wall, evaluate(c, start, variant, seed, root, test, bon, workers)
+
 
 if __name__ == "__main__":
     sys.exit(main())
