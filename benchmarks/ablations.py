@@ -191,6 +191,7 @@ def write_results(args, c, rows, curves, n_test: int, root: str, missing=()) -> 
                    "the sweep writes this file after every run.\n\n")
     cols = ["method", "overrides", "seeds", "held-out pass@1 (greedy) [95% CI]", "diff vs rloo [95% CI]", "p",
             "PRM AUROC (seed 0)", "PRM ranking (seed 0)", "train s / seed"]
+    cols = [k for k in cols if any(k in r for r in rows)]  # e.g. no ranking in evaluations cached before it existed
     ns = [n for n in (1, 2, 4, 8, 16) if n <= args.bon_samples]
     selectors = (("PRM best-of-n", "bon_prm"), ("majority vote", "bon_maj"))
     bon_rows = [{"method": name, "selector": sel, **{f"n={n}": r[key].get(str(n)) for n in ns}}
