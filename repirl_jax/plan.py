@@ -149,9 +149,9 @@ def step_config(cfg: TrainConfig) -> ts.StepConfig:
 
 def batch_shapes(cfg: TrainConfig) -> dict:
     d = cfg.data
+    N = d.prompts_per_step * d.oversample  # prompts sampled per step; R of them per sampler call
     return dict(G=d.prompts_per_step, K=d.samples, E=d.experts, P=sampling.bucket(d.max_prompt_len),
-                T=d.max_new_tokens, N=d.prompts_per_step * d.oversample,
-                R=min(d.rollout_prompts or d.prompts_per_step * d.oversample, d.prompts_per_step * d.oversample))
+                T=d.max_new_tokens, N=N, R=min(d.rollout_prompts, N) if d.rollout_prompts else N)
 
 
 # ------------------------------------------------------------------ per-device bytes
