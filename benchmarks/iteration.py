@@ -1,8 +1,8 @@
 """One full RL iteration (rollouts -> verification -> update) of plain outcome RLOO on
 SmolLM2-135M-Instruct: ours (sampling.generate + verifiers.check_math_batch + the jitted dual
 step with prm.loss=none) against TRL's RLOOTrainer (PyTorch CPU), same model weights, prompts,
-batch (G prompts x K samples), lengths and optimizer (AdamW, lr 1e-6, clip 1.0, one update per
-iteration, no KL, the G*K sequences in 8 accumulated microbatches on both sides). Both sides
+batch (G prompts x K samples), lengths, objective and optimizer (AdamW, lr 1e-6, clip 1.0, one update
+per iteration, no KL, no entropy bonus, the G*K sequences in 8 accumulated microbatches on both sides). Both sides
 generate exactly T new tokens per sample at temperature 1 (TRL via min_new_tokens, ours with no
 EOS), so both do the same work; each side runs one warm-up iteration (compiles, allocator
 warm-up) and then one timed iteration on the same prompts. Each side reports `cpu_share`, the
@@ -67,8 +67,10 @@ def make_ours(cfg, params, tok, problems, ids, K, T, prm_loss="none", micro=1, r
     opt = OptimConfig(lr=LR, grad_clip=1.0)
     # plain RLOO keeps no PRM trunk: the `shared` form's PRM is a head on the policy, unused with loss none
     form = "shared" if prm_loss == "none" else "head"
+    # plain RLOO: TRL's objective, so no entropy bonus; rePIRL keeps its default one
+    ent = dict(entropy_coef=0.0) if prm_loss == "none" else {}
     sc = ts.StepConfig(cfg, cfg, PRMConfig(form=form, loss=prm_loss, microbatches=micro, optim=opt),
-                       PolicyConfig(microbatches=micro, optim=opt))
+                       PolicyConfig(microbatches=micro, optim=opt, **ent))
     copy = lambda t: jax.tree.map(jnp.copy, t)
     state = [ts.init_state(sc, copy(params), None if form == "shared" else copy(params))]  # the step donates it
     step = ts.make_train_step(sc)

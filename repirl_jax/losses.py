@@ -153,7 +153,9 @@ def policy_loss(logp, old_logp, adv, mask, entropy, *, clip_low, clip_high, entr
     pg1 = -adv * ratio
     pg2 = -adv * jnp.clip(ratio, 1 - clip_low, 1 + clip_high)
     loss = masked_mean(jnp.maximum(pg1, pg2), mask, denom=denom)
-    ent = masked_mean(entropy, mask, denom=denom)
+    # Without an entropy bonus the entropy is a metric only: no gradient through it (a zero
+    # coefficient does not stop XLA from running its backward over [B, T, V]).
+    ent = masked_mean(entropy if entropy_coef else jax.lax.stop_gradient(entropy), mask, denom=denom)
     loss = loss - entropy_coef * ent
     log_r = old_logp - logp
     metrics = {"clip_frac": masked_mean((pg2 > pg1).astype(jnp.float32), mask, denom=denom),

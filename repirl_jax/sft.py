@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import losses
 from .config import OptimConfig
 from .models import ModelConfig, hidden_states
-from .train_step import make_optimizer
+from .train_step import compiler_options, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def make_sft_step(cfg: ModelConfig, optim: OptimConfig, chunk: int = 0):
     """(init(params) -> opt_state, step(params, opt_state, tokens_BL, mask_BL) -> (params, opt_state, loss))."""
     opt = make_optimizer(optim)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    @functools.partial(jax.jit, donate_argnums=(0, 1), compiler_options=compiler_options())
     def step(params, opt_state, tokens_BL, mask_BL):
         loss, grads = jax.value_and_grad(lambda p: sft_loss(cfg, p, tokens_BL, mask_BL, chunk))(params)
         updates, opt_state = opt.update(grads, opt_state, params)

@@ -127,6 +127,41 @@ def _scores(q_BLKGD, k_BKSD, visible_BLS):
     return jnp.where(visible_BLS[:, None, None], s, NEG_INF)
 
 
+def query_blocks(L: int) -> int:
+    """How many query blocks causal_attention splits L tokens into: up to 8, of at least 32."""
+    return max(1, min(8, L // 32))
+
+
+def causal_attention(q_BLHD, k_BKLD, v_BKLD, valid_BL, n_blocks: int | None = None):
+    """softmax(q k^T / sqrt(Dh) + mask) v over L tokens with no cache, mask = causal & valid key.
+
+    By query blocks: block [a, b) attends only to keys [0, b), so the all-masked upper triangle
+    of the score matrix is mostly never computed (with 8 blocks, 56% of the scores are); each
+    block's queries are laid out [B, K, G * c, Dh] so both products are plain batched matmuls.
+    On XLA:CPU this runs attention's forward + backward 2x faster than one masked [L, L] softmax
+    (README.md, Speed: SmolLM2-135M widths, L = 320). The softmax is normalised after the
+    value product (one pass less over the scores). A query with no visible key gets uniform
+    weights over its block's keys, not NaN; its output is garbage either way and is masked."""
+    B, L, H, Dh = q_BLHD.shape
+    K = k_BKLD.shape[1]
+    G = H // K  # GQA: query heads grouped by their kv head
+    n = n_blocks or query_blocks(L)
+    bounds = [round(i * L / n) for i in range(n + 1)]
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        c = b - a
+        q_BKMD = q_BLHD[:, a:b].reshape(B, c, K, G, Dh).transpose(0, 2, 3, 1, 4).reshape(B, K, G * c, Dh)
+        s_BKMS = jnp.einsum("bkmd,bksd->bkms", q_BKMD, k_BKLD[:, :, :b].astype(q_BKMD.dtype),
+                            preferred_element_type=jnp.float32) * (Dh ** -0.5)
+        visible_BCS = (jnp.arange(b)[None, :] <= jnp.arange(a, b)[:, None])[None] & valid_BL[:, None, :b]
+        s_BKMS = jnp.where(jnp.tile(visible_BCS, (1, G, 1))[:, None], s_BKMS, NEG_INF)
+        e_BKMS = jnp.exp(s_BKMS - jax.lax.stop_gradient(s_BKMS.max(-1, keepdims=True)))
+        o_BKMD = jnp.einsum("bkms,bksd->bkmd", e_BKMS.astype(q_BKMD.dtype), v_BKLD[:, :, :b].astype(q_BKMD.dtype),
+                            preferred_element_type=jnp.float32) / e_BKMS.sum(-1, keepdims=True)
+        out.append(o_BKMD.astype(q_BLHD.dtype).reshape(B, K, G, c, Dh).transpose(0, 3, 1, 2, 4).reshape(B, c, H, Dh))
+    return jnp.concatenate(out, axis=1) if n > 1 else out[0]
+
+
 def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, layout):
     """Causal GQA attention of the L new tokens over the past cache slots (read only) and over
     themselves. Returns (output, this layer's new k and v as [B, K, L, Dh] for the cache).
@@ -149,21 +184,20 @@ def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, la
     v_BKLD = v_BLKD.transpose(0, 2, 1, 3)
     B, L, H, Dh = q_BLHD.shape
     K = k_BKLD.shape[1]
-    q_BLKGD = q_BLHD.reshape(B, L, K, H // K, Dh)  # GQA: query heads grouped by their kv head
-    causal_LL = jnp.arange(L)[None, :] <= jnp.arange(L)[:, None]
-    s_new = _scores(q_BLKGD, k_BKLD, causal_LL[None] & valid_new_BL[:, None, :])
     if past is None:
-        p_BKGLS = jax.nn.softmax(s_new, axis=-1).astype(dt)
-        o_BKGLD = jnp.einsum("bkgls,bksd->bkgld", p_BKGLS, v_BKLD)
+        o_BLHD = causal_attention(q_BLHD, k_BKLD, v_BKLD, valid_new_BL)
     else:
+        q_BLKGD = q_BLHD.reshape(B, L, K, H // K, Dh)  # GQA: query heads grouped by their kv head
+        causal_LL = jnp.arange(L)[None, :] <= jnp.arange(L)[:, None]
+        s_new = _scores(q_BLKGD, k_BKLD, causal_LL[None] & valid_new_BL[:, None, :])
         s_old = _scores(q_BLKGD, past["k"], past_visible_BLS)
         m = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
         e_old, e_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
         denom = e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True)
         o_BKGLD = (jnp.einsum("bkgls,bksd->bkgld", (e_old / denom).astype(dt), past["v"].astype(dt))
                    + jnp.einsum("bkgls,bksd->bkgld", (e_new / denom).astype(dt), v_BKLD))
-    # (einsum straight to [B, L, K, G, D] is 7x slower on XLA:CPU than this order + a transpose)
-    o_BLHD = o_BKGLD.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
+        # (einsum straight to [B, L, K, G, D] is 7x slower on XLA:CPU than this order + a transpose)
+        o_BLHD = o_BKGLD.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
     o_BLHD = constrain(layout, o_BLHD, ("batch", "seq", "act_heads", None))
     out_BLD = jnp.einsum("blhk,hkd->bld", o_BLHD, lp["wo"].astype(dt))
     if cfg.o_bias:

@@ -99,3 +99,55 @@ def test_init_params_shapes_match_axes():
     jax.tree.map(lambda p, a: None if p.ndim == len(a) else pytest.fail(f"{a} vs {p.shape}"), params, axes,
                  is_leaf=lambda x: isinstance(x, tuple))
     assert np.isfinite(np.asarray(models.forward(cfg, params, random_tokens(50, (1, 5))))).all()
+
+
+def _attention_reference(q_BLHD, k_BKLD, v_BKLD, valid_BL):
+    """Slow reference: every query position's softmax over its visible keys, one at a time."""
+    B, L, H, Dh = q_BLHD.shape
+    K = k_BKLD.shape[1]
+    out = np.zeros(q_BLHD.shape, np.float64)
+    for b in range(B):
+        for h in range(H):
+            for i in range(L):
+                keys = [j for j in range(i + 1) if valid_BL[b, j]]
+                if not keys:
+                    continue
+                s = np.array([q_BLHD[b, i, h] @ k_BKLD[b, h // (H // K), j] for j in keys]) / np.sqrt(Dh)
+                p = np.exp(s - s.max())
+                out[b, i, h] = (p / p.sum()) @ v_BKLD[b, h // (H // K), keys]
+    return out
+
+
+@pytest.mark.parametrize("n_blocks", [1, 3, 8])
+def test_block_causal_attention_matches_reference(n_blocks):
+    """causal_attention by query blocks (uneven: 37 tokens) equals the per-position softmax at
+    every query with a visible key, left padding included, and its gradients do not depend on
+    the number of blocks."""
+    from repirl_jax.models.transformer import causal_attention
+
+    r = np.random.RandomState(0)
+    B, L, H, K, Dh = 2, 37, 4, 2, 8
+    q, k, v = r.randn(B, L, H, Dh), r.randn(B, K, L, Dh), r.randn(B, K, L, Dh)
+    valid = np.ones((B, L), bool)
+    valid[1, :5] = False  # a left-padded row
+    f32 = lambda *xs: [jnp.asarray(x, jnp.float32) for x in xs]
+    got = np.asarray(causal_attention(*f32(q, k, v), jnp.asarray(valid), n_blocks=n_blocks))
+    np.testing.assert_allclose(got[valid], _attention_reference(q, k, v, valid)[valid], atol=2e-5)
+
+    w = jnp.asarray(r.randn(B, L, H, Dh) * valid[:, :, None, None], jnp.float32)  # padded queries weigh 0
+    grads = lambda n: jax.grad(lambda *a: jnp.sum(causal_attention(*a, jnp.asarray(valid), n_blocks=n) * w),
+                               argnums=(0, 1, 2))(*f32(q, k, v))
+    for a, b in zip(grads(n_blocks), grads(1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
+def test_long_sequence_logits_match_transformers(tiny_hf):
+    """100 tokens: the training forward splits attention into 3 query blocks."""
+    from repirl_jax.models.transformer import query_blocks
+
+    path, ref_model = tiny_hf("qwen3")
+    cfg, params = models.load(path)
+    assert query_blocks(100) == 3
+    tokens = random_tokens(cfg.vocab_size, (2, 100), seed=4)
+    np.testing.assert_allclose(np.asarray(models.forward(cfg, params, tokens)), torch_logits(ref_model, tokens),
+                               atol=1e-4, rtol=0)
