@@ -132,7 +132,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-BENCHES = ("sampler", "step_memory", "step", "iteration")
+BENCHES = ("sampler", "step_memory", "step", "iteration", "attention")
 
 
 def cmd_bench(args) -> int:

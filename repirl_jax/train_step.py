@@ -69,9 +69,9 @@ class StepConfig:
 
 
 # XLA:CPU compiles the training steps with YNNPACK fusing the elementwise and reduction work
-# (softmax, norms, SiLU and their gradients) into its kernels along with the matmuls: the dual
-# step runs ~12% faster (README.md, Speed). Per compile, not a global XLA flag, because the same
-# option slows the sampler's skinny decode matmuls by ~10%.
+# (softmax, norms, SiLU and their gradients) into its kernels along with the matmuls: a policy
+# gradient at SmolLM2-135M widths ran 12% faster (README.md, Benchmarks). Per compile, not a
+# global XLA flag, because the same option slows the sampler's skinny decode matmuls by ~10%.
 CPU_TRAINING_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
 

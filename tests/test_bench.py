@@ -62,3 +62,11 @@ def test_sampler_gemm_floor_runs_the_model_matmuls():
     weights = L * (D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F) + V * D
     assert sampler.flops_per_token(cfg, 0) == 2 * weights
     assert np.isclose(sampler.flops_per_token(cfg, 10) - sampler.flops_per_token(cfg, 0), 2 * L * 2 * H * Dh * 10)
+
+
+def test_attention_bench_small(tmp_path):
+    from benchmarks import attention
+
+    res = attention.run(str(tmp_path / "a.json"), reps=1, B=1, L=64, H=2, K=1, Dh=8)
+    assert res["n_blocks"] == 2 and res["one_block_ms"] > 0 and res["blocks_ms"] > 0
+    assert json.loads((tmp_path / "a.json").read_text())["speedup"] == res["speedup"]
