@@ -170,7 +170,7 @@ def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, pr
 
     The softmax runs jointly over the key blocks; keeping the caches out of the layer scan's
     carry is what keeps decode fast (a carried cache is copied by XLA on every layer). The prefix
-    has one row per R query rows: its keys are read once for all R, as one matmul of R*G*L rows."""
+    has one row per R query rows: its keys are read once for all R."""
     dt = x_BLD.dtype
     q_BLHD = jnp.einsum("bld,dhk->blhk", x_BLD, lp["wq"].astype(dt))
     k_BLKD = jnp.einsum("bld,dhk->blhk", x_BLD, lp["wk"].astype(dt))
