@@ -231,13 +231,12 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
         prm_acts=_activations(prm, layout, prm_groups * (K + E), L, T, backward=trunk_grads,
                               logits=2 if pc.form == "implicit" else 0, chunk=qc.logit_chunk),
     )
-    # Rollout: one sampler call's R prompts (data.rollout_prompts) keep their keys once (the
-    # prefix cache, P slots), their R * K samples a cache of T slots each; plus the prefill's
-    # forward activations.
-    kv = lambda rows, slots: (2 * math.prod((pol.num_layers, rows, pol.num_kv_heads, slots, pol.head_dim))
-                              * _dtype_bytes(pol.dtype) // _shards(layout, transformer.CACHE_AXES, (
-                                  pol.num_layers, rows, pol.num_kv_heads, slots, pol.head_dim)))
-    r["kv_cache"] = kv(R, P) + kv(R * K, T)
+    # Rollout: the cache of the R prompts of one sampler call (data.rollout_prompts) is filled by
+    # the prefill, then repeated K times (both live at once); plus the prefill's forward activations.
+    cache_shape = (pol.num_layers, R * (K + 1), pol.num_kv_heads, P + T, pol.head_dim)
+    cache_shards = _shards(layout, transformer.CACHE_AXES, (pol.num_layers, R * K, pol.num_kv_heads, P + T,
+                                                            pol.head_dim))
+    r["kv_cache"] = 2 * math.prod(cache_shape) * _dtype_bytes(pol.dtype) // cache_shards
     r["prefill_acts"] = _activations(pol, layout, R, P, 1, backward=False, logits=0, chunk=0)
     state_bytes = sum(r[k] for k in ("policy_params", "prm_params", "policy_opt", "prm_opt", "policy_frozen",
                                      "prm_frozen"))

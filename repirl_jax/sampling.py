@@ -1,12 +1,10 @@
 """Batched generation: one jitted prefill, then one `lax.while_loop` decode over a preallocated
 KV cache. Prompts are left-padded to a bucketed length so few shapes ever compile; the K samples
-of a prompt share its prefill and its keys (a prefix cache read by all K).
+of a prompt share its prefill (the cache rows are repeated after it).
 
 State of the decode loop (all device arrays, N = prompts * num_samples, M = max_new_tokens):
   step        int32 []          next output index to write
-  cache       {k, v}            [layers, N, kv_heads, M, head_dim], the completions' keys and values
-                                (the prompts' are a read-only prefix cache [layers, prompts, ...]);
-                                with one sample per prompt [layers, N, kv_heads, P + M, head_dim]
+  cache       {k, v}            [layers, N, kv_heads, P + M, head_dim]
   last        int32 [N]         token fed at this step
   done        bool  [N]         row has emitted EOS or a stop sequence (later tokens masked out)
   recent      int32 [N, W]      the row's last W tokens, W = longest stop sequence
@@ -123,22 +121,15 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, row0, temperat
     B, P = tokens_BP.shape
     N, M, W = B * num_samples, max_new, stop_JW.shape[1]
     positions_BP = jnp.maximum(jnp.cumsum(valid_BP, axis=-1) - 1, 0).astype(jnp.int32)
-    # The K samples of a prompt share its prefill and read its keys once (a prefix cache, one row
-    # per prompt; rows are prompt-major): only the completions get a cache row per sample. With
-    # one sample the prompt's keys stay in its own cache (the extra attention block costs ~6%).
-    shared = num_samples > 1
-    valid_BS = valid_BP if shared else jnp.concatenate([valid_BP, jnp.ones((B, M), bool)], axis=1)
-    cache = transformer.init_cache(cfg, B, valid_BS.shape[1], layout)
+    valid_BS = jnp.concatenate([valid_BP, jnp.ones((B, M), bool)], axis=1)
+    cache = transformer.init_cache(cfg, B, P + M, layout)
     h_BPD, cache = transformer.hidden_states(cfg, params, tokens_BP, positions_BL=positions_BP,
                                              valid_BS=valid_BS, cache=cache, cache_index=0, layout=layout)
     logits_BV = transformer.unembed(cfg, params, h_BPD[:, -1:], layout)[:, 0]
+    # The K samples of a prompt share its prefill: repeat rows, prompt-major.
     rep = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)
-    if shared:  # decode writes completion slot t at cache index t
-        prefix, offset = dict(cache, valid=valid_BP), 0
-        cache, valid_NS = transformer.init_cache(cfg, N, M, layout), jnp.ones((N, M), bool)
-    else:  # ... at P + t
-        prefix, offset, valid_NS = None, P, valid_BS
-    next_pos_N = rep(positions_BP[:, -1] + 1)
+    cache = jax.tree.map(lambda c: rep(c, 1), cache)  # batch is axis 1
+    valid_NS, next_pos_N = rep(valid_BS), rep(positions_BP[:, -1] + 1)
     row_keys_N = jax.vmap(jax.random.fold_in, (None, 0))(key, row0 + jnp.arange(N))  # global row index
 
     def pick(logits_NV, step):
@@ -169,7 +160,7 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, row0, temperat
         step = s["step"]
         h, cache = transformer.hidden_states(
             cfg, params, s["last"][:, None], positions_BL=(next_pos_N + step - 1)[:, None], valid_BS=valid_NS,
-            cache=s["cache"], cache_index=offset + step - 1, prefix=prefix, layout=layout)
+            cache=s["cache"], cache_index=P + step - 1, layout=layout)
         return emit(dict(s, cache=cache), step, *pick(transformer.unembed(cfg, params, h, layout)[:, 0], step))
 
     s = jax.lax.while_loop(cond, body, state)
