@@ -6,13 +6,11 @@ masked [L, L] softmax (n_blocks=1), same process, medians of `reps`.
 """
 from __future__ import annotations
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .common import machine, median_time, write
+from .common import arg_parser, machine, median_time, report
 
 
 def run(out: str | None = None, reps: int = 7, B: int = 8, L: int = 320, H: int = 9, K: int = 3, Dh: int = 64) -> dict:
@@ -29,15 +27,12 @@ def run(out: str | None = None, reps: int = 7, B: int = 8, L: int = 320, H: int 
     n = query_blocks(L)
     res = dict(bench="attention", machine=machine(), B=B, L=L, H=H, K=K, Dh=Dh, n_blocks=n,
                one_block_ms=times[1] * 1e3, blocks_ms=times[n] * 1e3, speedup=times[1] / times[n])
-    write(res, out)
-    print(f"attention fwd+bwd: one block {res['one_block_ms']:.1f} ms, {n} query blocks {res['blocks_ms']:.1f} ms, "
-          f"{res['speedup']:.2f}x [B={B} L={L} H={H} K={K} Dh={Dh}, {machine()}]")
-    return res
+    return report(res, out, f"attention fwd+bwd: one block {res['one_block_ms']:.1f} ms, {n} query blocks "
+                  f"{res['blocks_ms']:.1f} ms, {res['speedup']:.2f}x", f"B={B} L={L} H={H} K={K} Dh={Dh}")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out")
+    ap = arg_parser(__doc__)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--L", type=int, default=320)
     a = ap.parse_args(argv)

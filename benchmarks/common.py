@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: timing, the machine's matmul peak, result output."""
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -38,3 +39,18 @@ def write(result: dict, out: str | None) -> None:
     if out:
         with open(out, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def report(result: dict, out: str | None, line: str, size: str = "") -> dict:
+    """Writes the result JSON (when `out`) and prints the benchmark's one summary line, tagged
+    with the run's size and the machine. Returns the result."""
+    write(result, out)
+    print(f"{line} [{size + ', ' if size else ''}{machine()}]")
+    return result
+
+
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every benchmark module starts from: its docstring's first line, --out."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--out", help="write the result JSON here")
+    return ap

@@ -15,7 +15,6 @@ repirl loss, one expert solution per prompt).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -25,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .common import machine, write
+from .common import arg_parser, machine, report
 
 LR = 1e-6
 
@@ -199,16 +198,13 @@ def run(out: str | None = None, reps: int = 1, small: bool = False, G: int = 8, 
               f"update {t['update_s']:.1f}; warm-up {t['warmup_s']:.1f})", flush=True)
     if "ours_s" in res and "trl_s" in res:
         res["ratio"] = res["trl_s"] / res["ours_s"]
-    write(res, out)
     fmt = lambda k, unit="s": f"{res[k]:.2f} {unit}" if k in res else "not run"
-    print(f"iteration: ours {fmt('ours_s')}, TRL {fmt('trl_s')}, ratio {fmt('ratio', 'x')}, rePIRL {fmt('repirl_s')} "
-          f"[G={G} K={K} T={T}, {machine()}]")
-    return res
+    return report(res, out, f"iteration: ours {fmt('ours_s')}, TRL {fmt('trl_s')}, ratio {fmt('ratio', 'x')}, "
+                  f"rePIRL {fmt('repirl_s')}", f"G={G} K={K} T={T}")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out")
+    ap = arg_parser(__doc__)
     ap.add_argument("--sides", default="ours,repirl,trl")
     ap.add_argument("--micro", type=int, default=8, help="gradient-accumulation microbatches (memory: 8 = one "
                     "prompt's samples at a time)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import machine, matmul_peak_flops, median_time, write
+from .common import machine, matmul_peak_flops, median_time, report
 
 
 def flops_per_token(cfg, context: int) -> float:
@@ -94,9 +94,7 @@ def run(out: str | None = None, reps: int = 3, batch: int = 16, prompt_len: int 
         gemm_floor_tok_s=n_tokens / t_floor, gemm_floor_fraction=ours_tok_s * t_floor / n_tokens,
         ceiling_ratio=n_tokens / t_floor / hf_tok_s,
     )
-    write(result, out)
-    print(f"sampler: ours {ours_tok_s:.0f} tok/s, transformers {hf_tok_s:.0f} tok/s, ratio {result['ratio']:.2f}x, "
-          f"roofline fraction {result['roofline_fraction']:.2f} (peak {peak / 1e9:.0f} GFLOP/s); weight-matmul floor "
-          f"{result['gemm_floor_tok_s']:.0f} tok/s (ours at {result['gemm_floor_fraction']:.2f} of it; largest "
-          f"reachable ratio {result['ceiling_ratio']:.2f}x) ({machine()})")
-    return result
+    return report(result, out, f"sampler: ours {ours_tok_s:.0f} tok/s, transformers {hf_tok_s:.0f} tok/s, ratio "
+                  f"{result['ratio']:.2f}x, roofline fraction {result['roofline_fraction']:.2f} (peak {peak / 1e9:.0f} "
+                  f"GFLOP/s); weight-matmul floor {result['gemm_floor_tok_s']:.0f} tok/s (ours at "
+                  f"{result['gemm_floor_fraction']:.2f} of it; largest reachable ratio {result['ceiling_ratio']:.2f}x)")

@@ -24,7 +24,6 @@ Recomputation under remat is not counted (model FLOPs, as in MFU).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -32,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .common import machine, matmul_peak_flops, median_time, write
+from .common import arg_parser, machine, matmul_peak_flops, median_time, report, write
 from .step_memory import SMOLLM2_135M
 
 TINY = dict(family="llama", vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -162,9 +161,7 @@ def run(out: str | None = None, reps: int = 3, small: bool = False, G=8, K=4, E=
         line += (f"; policy part {pol['step_s']:.2f} s (mfu {result['policy_mfu']:.3f}), PRM part {prm_s:.2f} s "
                  f"(mfu {result['prm_mfu'] or float('nan'):.3f})")
     result["load_avg_1_5_15"] = os.getloadavg()  # other processes on the machine skew the timings
-    write(result, out)
-    print(f"{line} [G={G} K={K} E={E} P={P} T={T} remat={remat} chunk={chunk} micro={micro} {dtype}, {machine()}]")
-    return result
+    return report(result, out, line, f"G={G} K={K} E={E} P={P} T={T} remat={remat} chunk={chunk} micro={micro} {dtype}")
 
 
 # ---------------------------------------------------------------- scaling table
@@ -226,8 +223,7 @@ def scaling_markdown(res: dict) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out")
+    ap = arg_parser(__doc__)
     ap.add_argument("--reps", type=int, help="timed runs (default 3; 1 with --scaling)")
     ap.add_argument("--remat", default="none", choices=("none", "full", "dots"))
     ap.add_argument("--chunk", type=int, default=0, help="policy log-softmax sequence chunk (0: whole)")
