@@ -89,7 +89,8 @@ class OptimConfig:
 
 
 PRM_FORMS = ("head", "implicit", "shared")
-PRM_LOSSES = ("repirl", "prime", "discriminator", "none", "frozen")
+PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "none", "frozen")
+PROCESS_ADV = ("token", "position", "last")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
 
 
@@ -98,7 +99,9 @@ class PRMConfig:
     """ALGORITHM.md sections 2-3. Options marked [ours] there are ablation switches here."""
 
     form: str = "head"  # head | implicit | shared
-    loss: str = "repirl"  # repirl | prime | discriminator | none (no PRM) | frozen (rewards, no PRM update: TTT)
+    # repirl | prime | discriminator | orm (BCE of the mean score on the outcome) | oracle (per-token BCE
+    # on exact step labels: the ceiling; chain task only) | none (no PRM) | frozen (rewards, no update: TTT)
+    loss: str = "repirl"
     score: str = "mean"  # trajectory score: mean | sum of token rewards
     pseudo_experts: bool = True  # correct rollouts join the positive set
     negatives: str = "failed"  # failed | all
@@ -106,7 +109,7 @@ class PRMConfig:
     is_length_norm: bool = False  # [ours] log w / response length
     is_temperature: float = 1.0  # [ours] log w / temperature
     is_clip: float = 0.0  # [ours] cap log w at max(log w) - is_clip; 0 = off
-    is_scope: str = "batch"  # [ours] normalise over the batch or per prompt
+    is_scope: str = "prompt"  # per-prompt partition function (ALGORITHM.md section 3) | batch (ablation)
     reward_l2: float = 0.0  # [ours] L2 on token rewards, keeps the energy bounded
     beta: float = 0.05  # implicit form: r = beta * (log pi_phi - log pi_ref)
     minibatches: int = 1  # PRM updates per step (groups split evenly)
@@ -135,6 +138,7 @@ class PolicyConfig:
     alpha_p: float = 0.05  # process (PRM) reward weight
     format_penalty: float = 0.0  # subtracted from the outcome of a response with no \\boxed{} (TTT: 1)
     whiten: bool = True  # whiten advantages over the batch's response tokens
+    process_adv: str = "token"  # [ours] token | position | last (losses.process_rewards)
     clip_low: float = 0.2
     clip_high: float = 0.2
     entropy_coef: float = 0.001  # entropy is maximised
@@ -146,6 +150,7 @@ class PolicyConfig:
 
     def __post_init__(self):
         _check(self, "estimator", self.estimator in ESTIMATORS, f"expected one of {ESTIMATORS}")
+        _check(self, "process_adv", self.process_adv in PROCESS_ADV, f"expected one of {PROCESS_ADV}")
         _check(self, "clip_low", 0 <= self.clip_low < 1, "must be in [0, 1)")
         _check(self, "clip_high", self.clip_high >= 0, "must be >= 0")
         _check(self, "minibatches", self.minibatches >= 1, "must be >= 1")
@@ -184,6 +189,8 @@ class DataConfig:
     modulus: int = 0  # chain task: 0 = integers, 10 = single-digit arithmetic modulo 10
     instruction: bool = True  # chain task: append the \\boxed{} instruction to each prompt
     style: str = "words"  # chain task: words | symbols (compact: "7 *3 -4 (mod 10)", lines "7*3=1")
+    ops: str = "+-*"  # chain task: the operations drawn from
+    operand_max: int = 0  # chain task: operands in 1..operand_max (0: 1..modulus-1, or the integer rules)
     n_train: int = 256
     n_test: int = 32
     seed: int = 0

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, models, sampling
+from . import checkpoint, models, sampling, steps
 from . import train_step as ts
 from .config import ConfigError, TrainConfig
 from .data import prompts, tasks
@@ -163,6 +163,16 @@ def evaluate(cfg: TrainConfig, pc, params, tok, problems, ids, step: int, layout
     return row
 
 
+def oracle_labels(train, idx, chosen, out, tok, K: int) -> np.ndarray:
+    """[G, K, T] exact per-token step labels of the chosen groups' rollouts (prm.loss=oracle)."""
+    lab = np.zeros(out.tokens.shape, np.float32)
+    for g in chosen:
+        for i in range(g * K, (g + 1) * K):
+            n = int(out.mask[i].sum())
+            lab[i, :n] = steps.labels(train[idx[g]], tok, out.tokens[i, :n])[1]
+    return np.stack([lab[g * K:(g + 1) * K] for g in chosen])
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -186,7 +196,10 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     P = sampling.bucket(max(len(x) for x in enc.ids))
     G, K, E, T = d.prompts_per_step, d.samples, d.experts, d.max_new_tokens
 
-    step_cfg = ts.StepConfig(pc, qc, cfg.prm, cfg.policy)
+    step_cfg = ts.StepConfig(pc, qc, cfg.prm, cfg.policy, temperature=d.temperature if d.temperature > 0 else 1.0)
+    if cfg.prm.loss == "oracle" and d.task != "chain":
+        raise ConfigError(f"prm.loss=oracle trains on exact step labels, which only data.task=chain has "
+                          f"(got data.task={d.task!r})")
     # several processes: one global mesh (their params and batches are global arrays)
     sharded = nproc > 1 or (jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1))
     layout = Layout.from_config(cfg.mesh) if sharded else None
@@ -247,10 +260,12 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                 prompt_GP=ptoks, prompt_mask_GP=pmask,
                 rollout_GKT=np.stack([out.tokens[rows(g)] for g in chosen]),
                 rollout_mask_GKT=np.stack([out.mask[rows(g)] for g in chosen]),
-                sampler_logp_GKT=np.stack([out.logprobs[rows(g)] for g in chosen]),
+                # the distribution the rollouts were drawn from (tempered when T != 1)
+                sampler_logp_GKT=np.stack([out.sample_logprobs[rows(g)] for g in chosen]),
                 outcome_GK=np.stack([ok[rows(g)] for g in chosen]),
                 format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
-                expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T))
+                expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T),
+                step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if cfg.prm.loss == "oracle" else None)
             if layout is not None:  # global arrays: each process's devices receive only their rows
                 batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch,
                                      is_leaf=lambda v: isinstance(v, tuple))

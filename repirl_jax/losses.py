@@ -114,24 +114,72 @@ def _process_baselined(process_GKT, mask_GKT, estimator: str):
     return process_GKT
 
 
-def advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten=False, estimator="rloo"):
+def _position_centred(process_GKT, mask_GKT):
+    """r'_t(i) = r_t(i) - mean_{j != i, t < len_j} r_t(j): each token reward minus the other
+    rollouts' rewards at the same position (0 where no other rollout reaches t)."""
+    m = mask_GKT.astype(jnp.float32)
+    x = jnp.where(mask_GKT, process_GKT, 0.0)
+    n_others = jnp.sum(m, 1, keepdims=True) - m
+    others = (jnp.sum(x, 1, keepdims=True) - x) / jnp.maximum(n_others, 1)
+    return jnp.where(mask_GKT & (n_others > 0), process_GKT - others, 0.0)
+
+
+def process_rewards(process_GKT, mask_GKT, estimator: str = "rloo", mode: str = "token"):
+    """The process source's per-token rewards p_t(i) before the return-to-go (policy.process_adv):
+
+      token     p_t(i) = r_t(i) - b(m)_i            every token; m_j = mean token reward of rollout j
+      position  p_t(i) = r_t(i) - mean_{j != i} r_t(j)   at the same position t (per-position centring)
+      last      p_T(i) = m_i - b(m)_i on the last token only (the trajectory score, baselined)
+    b is the estimator's baseline. A reward pattern that every rollout of the group shares (the
+    same value at each position, or for the same token) moves `token` through the return-to-go
+    (G_t sums it over the remaining positions) but cancels in `position` and, up to length
+    differences, in `last`."""
+    mask = mask_GKT.astype(bool)
+    if mode == "token":
+        return jnp.where(mask, _process_baselined(process_GKT, mask, estimator), 0.0)
+    if mode == "position":
+        return _position_centred(process_GKT, mask)
+    if mode == "last":
+        m_GK = masked_mean(process_GKT, mask, axis=-1)
+        return _baselined(m_GK, estimator)[..., None] * _last_token(mask)
+    raise ValueError(f"process_adv={mode!r}")
+
+
+def _last_token(mask_GKT):
+    T = mask_GKT.shape[-1]
+    return (jnp.arange(T) == (jnp.sum(mask_GKT, -1) - 1)[..., None]) & mask_GKT
+
+
+def reward_to_go(c_GKT, mask_GKT):
+    """G_t = sum_{s >= t} c_s (gamma = 1), 0 where mask is false."""
+    return jnp.where(mask_GKT, jnp.flip(jnp.cumsum(jnp.flip(c_GKT, -1), -1), -1), 0.0)
+
+
+def advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten=False, estimator="rloo",
+               process_adv="token"):
     """Token advantages [G, K, T] (ALGORITHM.md section 4):
 
         A_o(i)  = r_o(i) - b(r_o)                      placed on the last real token of rollout i
-        r'_t(i) = r_phi,t(i) - b(m)                     m_j = mean token reward of rollout j
-        c_t     = alpha_o * A_o(i) [t = last] + alpha_p * r'_t(i)
+        p_t(i)  = process_rewards(r_phi, mode=process_adv)   (r_t(i) - b(m) for `token`)
+        c_t     = alpha_o * A_o(i) [t = last] + alpha_p * p_t(i)
         G_t     = sum_{s >= t} c_s                      (gamma = 1), 0 where mask is false
     then whitened over all masked tokens of the batch when `whiten`. b is the estimator's baseline.
     """
     mask = mask_GKT.astype(bool)
-    T = mask.shape[-1]
-    length = jnp.sum(mask, -1)
-    last_GKT = (jnp.arange(T) == (length - 1)[..., None]) & mask
-    c = alpha_o * _baselined(outcome_GK, estimator)[..., None] * last_GKT
-    c = c + alpha_p * jnp.where(mask, _process_baselined(process_GKT, mask, estimator), 0.0)
-    ret = jnp.flip(jnp.cumsum(jnp.flip(c, -1), -1), -1)
-    ret = jnp.where(mask, ret, 0.0)
+    c = alpha_o * _baselined(outcome_GK, estimator)[..., None] * _last_token(mask)
+    c = c + alpha_p * process_rewards(process_GKT, mask, estimator, process_adv)
+    ret = reward_to_go(c, mask)
     return masked_whiten(ret, mask) if whiten else ret
+
+
+def shared_and_sample_rms(x_GKT, mask_GKT):
+    """(rms of the part of x shared by a group's rollouts at each position, rms of the rest) over
+    the masked tokens: shared_t = mean_i x_t(i) over the rollouts that reach t. A process advantage
+    whose shared part dominates rewards positions, not the differences between samples."""
+    m = mask_GKT.astype(jnp.float32)
+    shared = jnp.sum(x_GKT * m, 1, keepdims=True) / jnp.maximum(jnp.sum(m, 1, keepdims=True), 1)
+    rms = lambda v: jnp.sqrt(masked_mean(jnp.square(v), mask_GKT))
+    return rms(jnp.broadcast_to(shared, x_GKT.shape)), rms(x_GKT - shared)
 
 
 def rloo_advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten=False):
@@ -182,6 +230,41 @@ def repirl_loss(s_pos, pos_mask, s_neg, w_hat_neg):
     return jnp.sum(jax.lax.stop_gradient(w_hat_neg) * s_neg) - masked_mean(s_pos, pos_mask)
 
 
+def repirl_coefficients(log_w_GK, pos_GN, neg_GK, *, scope: str = "prompt", weighted: bool = True):
+    """Per-trajectory coefficients c of the rePIRL loss L = sum_{g, j} c_gj s_gj over the columns
+    [rollouts (K) | experts (N - K)] of every group, and the IS weights and ESS:
+
+      prompt scope  L = (1 / |X|) sum_{x in X} [ sum_{j in N_x} w_hat_xj s_xj - mean_{P_x} s ],
+                    w_hat_x = softmax(log w over N_x), X = the prompts with both sets
+      batch scope   L = sum_{j in N} w_hat_j s_j - mean_P s   (one softmax over all prompts: ablation)
+    weighted=False replaces w_hat by uniform weights over N_x (or N). A constant added to every
+    score of one prompt leaves the prompt-scope loss unchanged (both sets of weights sum to 1).
+    Returns (c [G, N], w_hat [G, K] (summing to 1 over each N_x, or over N), ess, ess / |N|):
+    ess = 1 / sum w_hat^2, per prompt averaged
+    over X (prompt scope) or of the batch."""
+    K = neg_GK.shape[1]
+    pos, neg = pos_GN.astype(jnp.float32), neg_GK.astype(bool)
+    if scope == "batch":
+        if weighted:
+            w_hat, ess = importance_weights(log_w_GK, neg)
+        else:
+            w_hat = neg / jnp.maximum(jnp.sum(neg), 1)
+            ess = jnp.sum(neg).astype(jnp.float32)
+        c = -pos / jnp.maximum(jnp.sum(pos), 1)
+        return c.at[:, :K].add(w_hat), w_hat, ess, ess / jnp.maximum(jnp.sum(neg), 1)
+    if weighted:
+        w_hat, ess_G = jax.vmap(importance_weights)(log_w_GK, neg)
+    else:
+        n = jnp.sum(neg, 1, keepdims=True)
+        w_hat, ess_G = neg / jnp.maximum(n, 1), n[:, 0].astype(jnp.float32)
+    n_pos = jnp.sum(pos, 1, keepdims=True)
+    valid = (n_pos[:, 0] > 0) & neg.any(1)
+    scale = jnp.where(valid, 1.0 / jnp.maximum(jnp.sum(valid), 1), 0.0)[:, None]
+    c = (-pos / jnp.maximum(n_pos, 1)).at[:, :K].add(w_hat) * scale
+    frac = ess_G / jnp.maximum(jnp.sum(neg, 1), 1)
+    return c, w_hat, masked_mean(ess_G, valid), masked_mean(frac, valid)
+
+
 def bce_with_logits(logit, label):
     """-[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))] = softplus(z) - y z.
 
@@ -201,6 +284,12 @@ def discriminator_loss(s_expert, expert_mask, s_policy, policy_mask):
     n = jnp.maximum(jnp.sum(expert_mask) + jnp.sum(policy_mask), 1)
     return (masked_sum(bce_with_logits(s_expert, 1.0), expert_mask)
             + masked_sum(bce_with_logits(s_policy, 0.0), policy_mask)) / n
+
+
+def token_bce_loss(r_BT, label_BT, mask_BT, weight_B):
+    """Oracle PRM (supervised by exact step labels): sum_b weight_b sum_t m_bt BCE(sigmoid(r_bt), y_bt),
+    y_bt = 1 when token t's step is on the correct path."""
+    return jnp.sum(weight_B * masked_sum(bce_with_logits(r_BT, label_BT), mask_BT, axis=-1))
 
 
 def ranking_accuracy(s_GK, outcome_GK, valid_GK):

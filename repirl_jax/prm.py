@@ -63,13 +63,16 @@ def param_axes(form: str, prm_cfg: ModelConfig) -> dict:
     return {"head": {"trunk": lm, "head": head_axes()}, "implicit": {"lm": lm}, "shared": {"head": head_axes()}}[form]
 
 
-def response_logprobs(cfg: ModelConfig, params: dict, seqs: Seqs, layout=None, chunk: int = 0):
-    """(log pi(a_t | s_t), entropy_t) for the response tokens, [B, T] each."""
+def response_logprobs(cfg: ModelConfig, params: dict, seqs: Seqs, layout=None, chunk: int = 0,
+                      temperature: float = 1.0):
+    """(log pi_T(a_t | s_t), entropy_t) for the response tokens, [B, T] each, pi_T = softmax(logits / T):
+    the distribution the sampler drew from at temperature T (logits are linear in h, so h / T)."""
     h_BLD, _ = transformer.hidden_states(cfg, params, seqs.tokens, positions_BL=seqs.positions,
                                          valid_BS=seqs.valid, layout=layout)
     w = params["embed"] if cfg.tie_word_embeddings else params["lm_head"]
     L = seqs.tokens.shape[1]
-    return token_logprobs(h_BLD[:, seqs.P - 1:L - 1], w, seqs.tokens[:, seqs.P:], chunk)
+    h = h_BLD[:, seqs.P - 1:L - 1]
+    return token_logprobs(h if temperature == 1.0 else h / temperature, w, seqs.tokens[:, seqs.P:], chunk)
 
 
 def _head_rewards(cfg, trunk, head, seqs, layout):

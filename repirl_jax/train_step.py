@@ -25,7 +25,7 @@ from .sharding import Layout
 
 @partial(jax.tree_util.register_dataclass, data_fields=[
     "prompt_GP", "prompt_mask_GP", "rollout_GKT", "rollout_mask_GKT", "sampler_logp_GKT", "outcome_GK",
-    "format_GK", "expert_GET", "expert_mask_GET"], meta_fields=[])
+    "format_GK", "expert_GET", "expert_mask_GET", "step_ok_GKT"], meta_fields=[])
 @dataclasses.dataclass
 class Batch:
     """One iteration's data. G prompts, K rollouts and E expert solutions per prompt, P prompt
@@ -35,15 +35,16 @@ class Batch:
     prompt_mask_GP: jax.Array  # bool, real prompt tokens
     rollout_GKT: jax.Array  # int32 policy responses
     rollout_mask_GKT: jax.Array  # bool, real response tokens (through EOS)
-    sampler_logp_GKT: jax.Array  # float32 log pi_old(a_t | s_t) from the sampler (untempered)
+    sampler_logp_GKT: jax.Array  # float32 log pi_old(a_t | s_t) of the distribution sampled from (tempered)
     outcome_GK: jax.Array  # float32 verifier outcome r_o in {0, 1}
     format_GK: jax.Array  # float32 format reward added to the outcome source (0 when unused)
     expert_GET: jax.Array  # int32 expert responses
     expert_mask_GET: jax.Array  # bool; an all-false row is a missing expert
+    step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token (prm.loss=oracle only)
 
     def axes(self) -> "Batch":
         """Logical axes of every field (the leading G dimension is the sharded batch)."""
-        return Batch(*[("batch",) + (None,) * (x.ndim - 1) for x in dataclasses.astuple(self)])
+        return Batch(*[None if x is None else ("batch",) + (None,) * (x.ndim - 1) for x in dataclasses.astuple(self)])
 
 
 @partial(jax.tree_util.register_dataclass, data_fields=[
@@ -66,6 +67,7 @@ class StepConfig:
     prm_model: ModelConfig  # the PRM trunk (for `shared`, the policy's config)
     prm: PRMConfig = PRMConfig()
     policy: PolicyConfig = PolicyConfig()
+    temperature: float = 1.0  # the rollouts' sampling temperature: the policy's log-probs use logits / T
 
 
 # XLA:CPU compiles the training steps with YNNPACK fusing the elementwise and reduction work
@@ -152,13 +154,17 @@ def _accumulate(loss_fn, params, pieces, n):
     return l, g, aux
 
 
-def trajectory_loss_terms(pc: PRMConfig, mb: Batch, R_roll):
-    """The PRM loss as a sum of per-trajectory terms l_j(s_j, R_j; c_j) over [rollouts | experts]
-    of each group, with constants c_j fixed from the pre-update scores (ALGORITHM.md section 3):
+def trajectory_loss_terms(pc: PRMConfig, mb: Batch, s_roll):
+    """The PRM loss as a sum of per-trajectory terms l(s_b, R_b, r_bT, m_bT, c_b, y_bT) over the
+    [rollouts | experts] of each group, with constants c fixed from the pre-update scores
+    (ALGORITHM.md section 3):
 
-      repirl         c_j s_j,  c = w_hat_j [j in N] - [j in P] / |P|,  log w_j = R_j - sum_t log pi_old
-      prime          BCE(sigmoid(R_j), r_o(j)) / #rollouts over rollouts
+      repirl         c_j s_j, c from losses.repirl_coefficients: per-prompt (default) IS weights
+                     with log w_j = E(tau_j) - log pi_old(tau_j), E = s (the loss's own score)
+      prime          BCE(sigmoid(R_j), r_o(j)) / #rollouts over rollouts (R = sum of token rewards)
+      orm            BCE(sigmoid(s_j), r_o(j)) / #rollouts (outcome-supervised, mean score)
       discriminator  BCE(sigmoid(s_j), [j is expert]) / #trajectories
+      oracle         sum_t BCE(sigmoid(r_t), y_t) / #tokens, y = exact step labels (experts: 1)
     Returns (l, constants [g, K + E, ...], the sets and weights for the metrics)."""
     g, K = mb.outcome_GK.shape
     E = mb.expert_GET.shape[1]
@@ -167,36 +173,32 @@ def trajectory_loss_terms(pc: PRMConfig, mb: Batch, R_roll):
     correct = (mb.outcome_GK > 0.5) & rolled
     pos_roll = correct if pc.pseudo_experts else jnp.zeros_like(correct)
     neg = (~correct & rolled) if pc.negatives == "failed" else rolled
-    n_pos = jnp.maximum(jnp.sum(expert) + jnp.sum(pos_roll), 1)
 
-    log_w = R_roll - losses.masked_sum(mb.sampler_logp_GKT, mb.rollout_mask_GKT, axis=-1)
+    log_w = s_roll - losses.masked_sum(mb.sampler_logp_GKT, mb.rollout_mask_GKT, axis=-1)
     log_w = losses.shape_log_weights(log_w, jnp.sum(mb.rollout_mask_GKT, -1), neg, length_norm=pc.is_length_norm,
                                      temperature=pc.is_temperature, clip=pc.is_clip)
-    if not pc.importance_weights:
-        w_hat = neg / jnp.maximum(jnp.sum(neg), 1)
-        ess = jnp.sum(neg).astype(jnp.float32)
-    elif pc.is_scope == "batch":
-        w_hat, ess = losses.importance_weights(log_w, neg)
-    else:  # per prompt, then averaged over the prompts that have negatives
-        w_hat, ess_g = jax.vmap(losses.importance_weights)(log_w, neg)
-        has = neg.any(-1)
-        w_hat = w_hat / jnp.maximum(jnp.sum(has), 1)
-        ess = losses.masked_mean(ess_g, has)
-
-    if pc.loss == "repirl":
-        consts = jnp.concatenate([w_hat - pos_roll / n_pos, -(expert / n_pos)], axis=1)
-        traj_loss = lambda s, R, c: c * s
-    elif pc.loss == "prime":
-        y = jnp.concatenate([mb.outcome_GK, jnp.zeros((g, E))], axis=1)
-        wt = jnp.concatenate([rolled / jnp.maximum(jnp.sum(rolled), 1), jnp.zeros((g, E))], axis=1)
-        consts = jnp.stack([wt, y], axis=-1)
-        traj_loss = lambda s, R, c: c[0] * losses.bce_with_logits(R, c[1])
-    else:  # discriminator: experts 1, policy samples 0
-        y = jnp.concatenate([jnp.zeros((g, K)), jnp.ones((g, E))], axis=1)
-        wt = jnp.concatenate([rolled, expert], axis=1) / jnp.maximum(jnp.sum(rolled) + jnp.sum(expert), 1)
-        consts = jnp.stack([wt, y], axis=-1)
-        traj_loss = lambda s, R, c: c[0] * losses.bce_with_logits(s, c[1])
-    return traj_loss, consts, dict(pos_roll=pos_roll, neg=neg, expert=expert, w_hat=w_hat, ess=ess)
+    c_rep, w_hat, ess, ess_frac = losses.repirl_coefficients(log_w, jnp.concatenate([pos_roll, expert], 1), neg,
+                                                   scope=pc.is_scope, weighted=pc.importance_weights)
+    per_roll = lambda: jnp.concatenate([rolled / jnp.maximum(jnp.sum(rolled), 1), jnp.zeros((g, E))], axis=1)
+    y_out = jnp.concatenate([mb.outcome_GK, jnp.zeros((g, E))], axis=1)
+    match pc.loss:
+        case "repirl":
+            consts = c_rep
+            traj_loss = lambda s, R, r, m, c, y: c * s
+        case "prime" | "orm":
+            consts = jnp.stack([per_roll(), y_out], axis=-1)
+            use_sum = pc.loss == "prime"
+            traj_loss = lambda s, R, r, m, c, y: c[..., 0] * losses.bce_with_logits(R if use_sum else s, c[..., 1])
+        case "discriminator":  # experts 1, policy samples 0
+            y = jnp.concatenate([jnp.zeros((g, K)), jnp.ones((g, E))], axis=1)
+            wt = jnp.concatenate([rolled, expert], axis=1) / jnp.maximum(jnp.sum(rolled) + jnp.sum(expert), 1)
+            consts = jnp.stack([wt, y], axis=-1)
+            traj_loss = lambda s, R, r, m, c, y: c[..., 0] * losses.bce_with_logits(s, c[..., 1])
+        case "oracle":
+            n_tok = jnp.sum(mb.rollout_mask_GKT) + jnp.sum(mb.expert_mask_GET)
+            consts = jnp.ones((g, K + E)) / jnp.maximum(n_tok, 1)
+            traj_loss = lambda s, R, r, m, c, y: c * losses.masked_sum(losses.bce_with_logits(r, y), m, axis=-1)
+    return traj_loss, consts, dict(pos_roll=pos_roll, neg=neg, expert=expert, w_hat=w_hat, ess=ess, ess_frac=ess_frac)
 
 
 def map_pieces(fn, arrays, n: int):
@@ -239,25 +241,30 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
             return r_BT, s, losses.masked_sum(r_BT, m, axis=-1).reshape(-1, K + E)
 
         s_GN, R_GN = map_pieces(lambda piece: score(prm_params, piece)[1:], arrays, n_micro)
-        s_roll, R_roll = s_GN[:, :K], R_GN[:, :K]
-        traj_loss, consts, sets = trajectory_loss_terms(pc, mb, R_roll)
+        s_roll = s_GN[:, :K]
+        traj_loss, consts, sets = trajectory_loss_terms(pc, mb, s_roll)
         n_tokens = jnp.maximum(jnp.sum(resp_mask), 1)
+        labels = (jnp.concatenate([mb.step_ok_GKT, jnp.ones(mb.expert_GET.shape)], 1) if pc.loss == "oracle"
+                  else jnp.zeros(resp_mask.shape[:2]))  # a placeholder the other losses ignore
 
         def loss_fn(params, piece):
-            *seq_piece, c = piece
+            *seq_piece, c, y = piece
             r_BT, s, R = score(params, seq_piece)
-            l = jnp.sum(jax.vmap(jax.vmap(traj_loss))(s, R, c))
-            l2 = pc.reward_l2 * losses.masked_sum(jnp.square(r_BT), seq_piece[3].reshape(-1, T)) / n_tokens
+            m = seq_piece[3].reshape(-1, T).astype(bool)
+            B = m.shape[0]
+            y = y.reshape(B, T) if pc.loss == "oracle" else y.reshape(B)
+            l = jnp.sum(traj_loss(s.reshape(B), R.reshape(B), r_BT, m, c.reshape(B, *c.shape[2:]), y))
+            l2 = pc.reward_l2 * losses.masked_sum(jnp.square(r_BT), m) / n_tokens
             return l + l2, ()
 
-        pieces = tuple(split(x, n_micro) for x in (*arrays, consts))
+        pieces = tuple(split(x, n_micro) for x in (*arrays, consts, labels))
         loss, grads, _ = _accumulate(loss_fn, prm_params, pieces, n_micro)
         updates, opt_state = prm_opt.update(grads, opt_state, prm_params)
         prm_params = optax.apply_updates(prm_params, updates)
         is_pos = jnp.concatenate([sets["pos_roll"], sets["expert"]], axis=1)
         is_neg = jnp.concatenate([sets["neg"], jnp.zeros_like(sets["expert"])], axis=1)
         m = dict(prm_loss=loss, prm_grad_norm=optax.global_norm(grads), ess=sets["ess"],
-                 ess_frac=sets["ess"] / jnp.maximum(jnp.sum(sets["neg"]), 1), max_weight=jnp.max(sets["w_hat"]),
+                 ess_frac=sets["ess_frac"], max_weight=jnp.max(sets["w_hat"]),
                  reward_gap=losses.masked_mean(s_GN, is_pos) - losses.masked_mean(s_GN, is_neg),
                  ranking_acc=losses.ranking_accuracy(s_roll, mb.outcome_GK, mb.rollout_mask_GKT.any(-1)))
         return (prm_params, opt_state, policy_params, ref), m
@@ -272,7 +279,7 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         def loss_fn(p, piece):
             pp, pm, r, rm, olp, a, ref_lp = piece
             seqs = prm.build_seqs(pp, pm, r, rm)
-            lp, ent = prm.response_logprobs(pol_cfg, p, seqs, layout, qc.logit_chunk)
+            lp, ent = prm.response_logprobs(pol_cfg, p, seqs, layout, qc.logit_chunk, cfg.temperature)
             T = r.shape[-1]
             flat = lambda x: x.reshape(-1, T)
             return losses.policy_loss(lp, flat(olp), flat(a), flat(rm), ent, clip_low=qc.clip_low,
@@ -318,12 +325,17 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         else:
             r_GKT = jnp.zeros(mask.shape, jnp.float32)
         outcome = qc.alpha_o * batch.outcome_GK + batch.format_GK
-        adv = losses.advantages(outcome, r_GKT, mask, 1.0, qc.alpha_p if pc.loss != "none" else 0.0,
-                                qc.whiten, qc.estimator)
+        alpha_p = qc.alpha_p if pc.loss != "none" else 0.0
+        adv = losses.advantages(outcome, r_GKT, mask, 1.0, alpha_p, qc.whiten, qc.estimator, qc.process_adv)
+        if pc.loss != "none":  # how much of the process advantage only rewards positions (same for all samples)
+            g_p = losses.reward_to_go(alpha_p * losses.process_rewards(r_GKT, mask, qc.estimator, qc.process_adv), mask)
+            g_o = losses.advantages(outcome, r_GKT, mask, 1.0, 0.0, False, qc.estimator)
+            (metrics["process_adv_shared_rms"], metrics["process_adv_sample_rms"]) = losses.shared_and_sample_rms(g_p, mask)
+            metrics["outcome_adv_rms"] = jnp.sqrt(losses.masked_mean(jnp.square(g_o), mask))
         pol_mb = [batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask, batch.sampler_logp_GKT, adv]
         if state.policy_ref is not None:
             ref_lp = map_pieces(lambda a: prm.response_logprobs(pol_cfg, state.policy_ref, prm.build_seqs(*a), layout,
-                                                                qc.logit_chunk)[0].reshape(-1, K, T),
+                                                                qc.logit_chunk, cfg.temperature)[0].reshape(-1, K, T),
                                 (batch.prompt_GP, batch.prompt_mask_GP, batch.rollout_GKT, mask), n_pieces)
             pol_mb.append(jax.lax.stop_gradient(ref_lp))
         (policy, policy_opt), qm = jax.lax.scan(policy_minibatch, (state.policy, state.policy_opt),

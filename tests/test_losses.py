@@ -195,3 +195,108 @@ def test_chunked_token_logprobs_equal_reference_and_grads(chunk):
     f = lambda h, w, c: jnp.sum(losses.token_logprobs(h, w, t, c)[0]) + jnp.sum(losses.token_logprobs(h, w, t, c)[1])
     g0, g1 = jax.grad(f, argnums=(0, 1))(h, w, 0), jax.grad(f, argnums=(0, 1))(h, w, chunk)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g0, g1)
+
+
+def ref_repirl_loss(s, pos, neg, log_w, scope, weighted):
+    """L of ALGORITHM.md section 3 by loops: per prompt (or one batch-wide) softmax over N, mean over P."""
+    G, N = s.shape
+    K = neg.shape[1]
+    if scope == "batch":
+        idx = [(g, j) for g in range(G) for j in range(K) if neg[g, j]]
+        lw = np.array([log_w[g, j] for g, j in idx])
+        w = np.exp(lw - lw.max()) / np.exp(lw - lw.max()).sum() if weighted else np.full(len(idx), 1 / len(idx))
+        p = [s[g, j] for g in range(G) for j in range(N) if pos[g, j]]
+        return sum(wi * s[g, j] for wi, (g, j) in zip(w, idx)) - np.mean(p)
+    terms = []
+    for g in range(G):
+        nj = [j for j in range(K) if neg[g, j]]
+        pj = [j for j in range(N) if pos[g, j]]
+        if not nj or not pj:
+            continue
+        lw = log_w[g, nj]
+        w = np.exp(lw - lw.max()) / np.exp(lw - lw.max()).sum() if weighted else np.full(len(nj), 1 / len(nj))
+        terms.append(np.dot(w, s[g, nj]) - s[g, pj].mean())
+    return np.mean(terms)
+
+
+@pytest.mark.parametrize("scope", ["prompt", "batch"])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_repirl_coefficients_match_reference(scope, weighted):
+    G, K, E = 5, 4, 2
+    s = rng.randn(G, K + E)
+    log_w = rng.randn(G, K) * 3
+    neg = rng.rand(G, K) < 0.5
+    neg[0] = False  # a prompt without negatives is left out (prompt scope)
+    pos = np.concatenate([~neg & (rng.rand(G, K) < 0.7), np.ones((G, E), bool)], 1)
+    pos[1] = False  # nor one without positives
+    neg[1, 0] = True
+    c, w_hat, ess, frac = losses.repirl_coefficients(jnp.asarray(log_w), jnp.asarray(pos), jnp.asarray(neg),
+                                                     scope=scope, weighted=weighted)
+    np.testing.assert_allclose(float(jnp.sum(c * s)), ref_repirl_loss(s, pos, neg, log_w, scope, weighted),
+                               rtol=1e-5, atol=1e-6)
+    assert np.isfinite(ess) and 0 < float(frac) <= 1
+
+
+def test_per_prompt_loss_ignores_a_constant_per_prompt():
+    """Adding a constant to every score of one prompt changes neither the loss nor its gradient
+    (the per-prompt partition function); the batch-wide ablation is moved by it."""
+    G, K, E = 4, 4, 1
+    s = jnp.asarray(rng.randn(G, K + E))
+    lp = jnp.asarray(rng.randn(G, K) * 2 - 20)  # log pi_old of each rollout
+    neg = jnp.asarray(rng.rand(G, K) < 0.6).at[:, 0].set(True)
+    pos = jnp.concatenate([~neg, jnp.ones((G, E), bool)], 1)
+    shift = jnp.zeros((G, 1)).at[2].set(5.0)
+
+    def loss(scores, scope):
+        c, *_ = losses.repirl_coefficients(scores[:, :K] - lp, pos, neg, scope=scope)  # log w = E - log pi_old
+        return jnp.sum(jax.lax.stop_gradient(c) * scores)
+
+    for scope, same in (("prompt", True), ("batch", False)):
+        a, b = loss(s, scope), loss(s + shift, scope)
+        ga, gb = jax.grad(loss)(s, scope), jax.grad(loss)(s + shift, scope)
+        assert np.isclose(a, b, atol=1e-5) == same
+        assert np.allclose(ga, gb, atol=1e-6) == same
+
+
+def ref_process_rewards(process, mask, mode):
+    G, K, T = process.shape
+    out = np.zeros((G, K, T))
+    m = np.array([[process[g, k][mask[g, k]].mean() for k in range(K)] for g in range(G)])
+    for g in range(G):
+        for i in range(K):
+            others = [j for j in range(K) if j != i]
+            L = int(mask[g, i].sum())
+            for t in range(L):
+                if mode == "token":
+                    out[g, i, t] = process[g, i, t] - m[g, others].mean()
+                elif mode == "position":
+                    at = [process[g, j, t] for j in others if mask[g, j, t]]
+                    out[g, i, t] = process[g, i, t] - np.mean(at) if at else 0.0
+            if mode == "last":
+                out[g, i, L - 1] = m[g, i] - m[g, others].mean()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["token", "position", "last"])
+def test_process_rewards_match_reference(mode):
+    G, K, T = 3, 4, 6
+    process = rng.randn(G, K, T)
+    mask = np.arange(T) < rng.randint(1, T + 1, (G, K))[..., None]
+    got = losses.process_rewards(jnp.asarray(process), jnp.asarray(mask), "rloo", mode)
+    np.testing.assert_allclose(got, ref_process_rewards(process, mask, mode), atol=1e-5)
+
+
+def test_a_shared_pattern_moves_only_the_token_mode():
+    """A reward that depends only on the position (the same for every rollout) shifts the token
+    mode's advantages; per-position centring and the last-token score do not see it."""
+    G, K, T = 2, 4, 5
+    process = rng.randn(G, K, T)
+    mask = np.ones((G, K, T), bool)
+    pattern = np.array([3.0, -3.0, 3.0, 3.0, -1.0])
+    outcome = np.zeros((G, K))
+    for mode, moved in (("token", True), ("position", False), ("last", False)):
+        a = losses.advantages(outcome, process, mask, 1.0, 1.0, False, "rloo", mode)
+        b = losses.advantages(outcome, process + pattern, mask, 1.0, 1.0, False, "rloo", mode)
+        assert (not np.allclose(a, b, atol=1e-5)) == moved, mode
+    shared, per = losses.shared_and_sample_rms(jnp.asarray(np.broadcast_to(pattern, (G, K, T))), jnp.asarray(mask))
+    assert float(per) < 1e-6 and float(shared) == pytest.approx(np.sqrt(np.mean(pattern ** 2)), rel=1e-5)

@@ -5,10 +5,23 @@ The programmatic expert writes one step per line ("7 * 3 = 21") and ends with \\
 With `modulus` = 10 every value stays one digit ("Work modulo 10"), which a tiny model learns in
 minutes on a CPU (the demo). The number of steps is the difficulty knob: a small model learns short chains by imitation, while
 long chains give sparse outcome reward, where per-step (process) rewards should matter.
-Deterministic from a seed; the train split never contains a test prompt (asserted)."""
+Deterministic from a seed; the train split never contains a test prompt (asserted).
+
+Where process matters (the demo's testbed): `modulus=100, operand_max=9` gives two-digit values
+and single-digit operands ("47 +8 *3 (mod 100)" -> "47+8=55", "55*3=65"); multipliers are drawn
+coprime to the modulus (3, 7, 9), so every step is a bijection mod 100: one slipped step always
+makes the final answer wrong, and a guess is right about 1 time in 100, so a correct outcome
+implies a correct process (measured in the demo report). The multiplications matter too: with
+only + and - the answer is start + a signed sum of the operands, which a small model learns to
+write from the prompt without the steps (seen: most of its correct answers had wrong steps).
+
+Exact step labels: `step_labels(problem, response)` compares each response line with the
+expert's line at that index; a line is on the correct path when it and every line before it
+match (the final `\\boxed{}` line is the last step)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import re
 
@@ -25,6 +38,8 @@ class ChainTask:
     modulus: int = 0  # > 0: every value is taken modulo this (single-digit arithmetic for 10)
     instruction: bool = True  # append the "put your final answer within \\boxed{}" line
     style: str = "words"  # words: "Start with 7. Multiply by 3, ..." | symbols: "7 *3 -4 +9 (mod 10)", lines "7*3=1"
+    ops: str = "+-*"  # the operations drawn from (a subset of "+-*")
+    operand_max: int = 0  # > 0: operands drawn from 1..operand_max; 0: 1..modulus-1 (or the integer rules)
 
     def __post_init__(self):
         if not 1 <= self.min_steps <= self.max_steps:
@@ -33,16 +48,30 @@ class ChainTask:
             raise ValueError(f"ChainTask: style must be words | symbols, got {self.style!r}")
         if self.modulus == 1 or self.modulus < 0:
             raise ValueError(f"ChainTask: modulus must be 0 (off) or >= 2, got {self.modulus}")
+        if not self.ops or set(self.ops) - set("+-*") or len(set(self.ops)) != len(self.ops):
+            raise ValueError(f"ChainTask: ops must be distinct characters of '+-*', got {self.ops!r}")
+        if self.operand_max < 0 or (self.modulus and self.operand_max >= self.modulus):
+            raise ValueError(f"ChainTask: operand_max must be 0 (default) or in 1..modulus-1, got {self.operand_max}")
+        if ("*" in self.ops and self.modulus and self.operand_max
+                and not any(math.gcd(k, self.modulus) == 1 for k in range(2, self.operand_max + 1))):
+            raise ValueError(f"ChainTask: ops has '*' but no multiplier in 2..operand_max={self.operand_max} is "
+                             f"coprime to modulus={self.modulus}")
 
 
 def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus: int = 0,
-                 instruction: bool = True, style: str = "words") -> Problem:
+                 instruction: bool = True, style: str = "words", ops: str = "+-*", operand_max: int = 0) -> Problem:
     m = modulus
     value = rng.randint(0, m - 1) if m else rng.randint(2, 20)
     phrases, lines = [], []
+    choices = [o for o in OPS if o[1] in ops]
     for _ in range(steps):
-        word, sym = rng.choice(OPS)
-        x = rng.randint(1, m - 1) if m else rng.randint(2, 5) if sym == "*" else rng.randint(2, 19)
+        word, sym = rng.choice(choices)
+        if operand_max and sym == "*" and m:  # multipliers coprime to m: every step is a bijection
+            x = rng.choice([k for k in range(2, operand_max + 1) if math.gcd(k, m) == 1])
+        elif operand_max:
+            x = rng.randint(1, operand_max)
+        else:
+            x = rng.randint(1, m - 1) if m else rng.randint(2, 5) if sym == "*" else rng.randint(2, 19)
         new = {"+": value + x, "-": value - x, "*": value * x}[sym]
         new = new % m if m else new
         phrases.append(f"{word} {x}" if style == "words" else f"{sym}{x}")
@@ -54,10 +83,10 @@ def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus
         text += f" Work modulo {m}. What is the final number?" if m else " What is the final number?"
     else:  # applied left to right
         text = f"{start} {' '.join(phrases)}" + (f" (mod {m})" if m else "")
+    lines.append(f"\\boxed{{{value}}}")
     return Problem(id=f"chain/{split}/{steps}/{index}", prompt=f"{text}\n{INSTRUCTION}" if instruction else text,
-                   gold=str(value),
-                   experts=["\n".join(lines) + f"\n\\boxed{{{value}}}"], split=split, source="chain",
-                   meta={"steps": steps})
+                   gold=str(value), experts=["\n".join(lines)], split=split, source="chain",
+                   meta={"steps": steps, "lines": lines})
 
 
 def _generate(task: ChainTask, split: str, n: int, exclude: set[str]) -> list[Problem]:
@@ -69,7 +98,7 @@ def _generate(task: ChainTask, split: str, n: int, exclude: set[str]) -> list[Pr
             raise ValueError(f"ChainTask: cannot find {n} distinct {split} problems with steps "
                              f"{task.min_steps}..{task.max_steps}; ask for fewer")
         p = make_problem(rng, rng.randint(task.min_steps, task.max_steps), split, len(out), task.modulus,
-                         task.instruction, task.style)
+                         task.instruction, task.style, task.ops, task.operand_max)
         if p.prompt not in seen:
             seen.add(p.prompt)
             out.append(p)
@@ -82,3 +111,40 @@ def splits(task: ChainTask, n_train: int, n_test: int) -> tuple[list[Problem], l
     train = _generate(task, "train", n_train, {p.prompt for p in test})
     assert not {p.prompt for p in train} & {p.prompt for p in test}
     return train, test
+
+
+@dataclasses.dataclass(frozen=True)
+class StepLabels:
+    """Exact labels of one response. Steps are the response's lines (split at "\\n", a trailing
+    empty piece dropped); `ok[i]`: step i is on the correct path (it and every earlier step equal
+    the expert's steps, spaces ignored); `first_wrong`: the first i with not ok[i], or the index
+    one past the last step when every step is right but the solution stops early; None when the
+    response is exactly the expert's solution (extra lines after it are wrong steps)."""
+
+    lines: list[str]
+    ok: list[bool]
+    first_wrong: int | None
+
+
+def _norm(line: str) -> str:
+    return re.sub(r"\s+", "", line)
+
+
+def step_labels(problem: Problem, response: str) -> StepLabels:
+    """Exact step labels of `response` to a chain problem (see StepLabels)."""
+    want = problem.meta.get("lines") if problem.source == "chain" else None
+    if not want:
+        raise ValueError(f"step_labels: problem {problem.id!r} (source {problem.source!r}) has no exact step "
+                         "labels; only chain-task problems do")
+    lines = response.split("\n")
+    if lines and not lines[-1].strip() and len(lines) > 1:
+        lines = lines[:-1]
+    ok, good = [], True
+    for i, line in enumerate(lines):
+        good = good and i < len(want) and _norm(line) == _norm(want[i])
+        ok.append(good)
+    if not all(ok):
+        first = ok.index(False)
+    else:
+        first = None if len(lines) == len(want) else len(lines)
+    return StepLabels(lines, ok, first)

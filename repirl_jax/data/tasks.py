@@ -18,9 +18,22 @@ log = logging.getLogger(__name__)
 READERS = {"gsm8k": formats.gsm8k, "math": formats.math_dataset, "eurus": formats.eurus}
 
 
+def chain_task(d: DataConfig, **changes) -> chain.ChainTask:
+    """The chain task a DataConfig describes (its fields replaced by `changes`); a bad option is
+    one ConfigError line naming the data field."""
+    from ..config import ConfigError
+
+    kw = dict(min_steps=d.min_steps, max_steps=d.max_steps, seed=d.seed, modulus=d.modulus,
+              instruction=d.instruction, style=d.style, ops=d.ops, operand_max=d.operand_max) | changes
+    try:
+        return chain.ChainTask(**kw)
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
+
+
 def load_problems(d: DataConfig) -> tuple[list[Problem], list[Problem]]:
     if d.task == "chain":
-        return chain.splits(chain.ChainTask(d.min_steps, d.max_steps, d.seed, d.modulus, d.instruction, d.style), d.n_train, d.n_test)
+        return chain.splits(chain_task(d), d.n_train, d.n_test)
     if d.task == "gsm_symbolic":
         return packaged.gsm_symbolic_splits(d.n_train, d.n_test, d.seed)
     read = READERS[d.task]

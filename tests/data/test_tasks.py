@@ -1,6 +1,9 @@
 """DataConfig -> problems (chain variants, file tasks with held-out splits), the demo's word-level
 tokenizer, and verification dispatched by problem kind."""
 import json
+import re
+
+import numpy as np
 
 import pytest
 
@@ -106,3 +109,62 @@ def test_verify_dispatches_by_kind():
     assert [v.correct for v in verdicts] == [True, False, True, False, True, False]
     assert "failed" in verdicts[3].reason and verdicts[5].reason
     assert extract_code("intro\n```py\nx = 1\n```\nthen\n```python\nx = 2\n```") == "x = 2\n"
+
+
+def test_mod100_chain_is_bijective_and_labels_are_exact():
+    """The demo's testbed: two-digit values, single-digit operands, multipliers coprime to 100."""
+    task = chain.ChainTask(1, 8, 2, 100, instruction=False, style="symbols", operand_max=9)
+    train, test = chain.splits(task, 200, 20)
+    for p in train + test:
+        assert replay(p, 100) == int(p.gold)
+        assert p.meta["lines"] == p.experts[0].split("\n")
+        for op in re.findall(r"\*(\d+)", p.prompt):
+            assert int(op) in (3, 7, 9)
+        lab = chain.step_labels(p, p.experts[0])
+        assert lab.first_wrong is None and all(lab.ok)
+    p = next(q for q in train if q.meta["steps"] >= 3)
+    lines = list(p.meta["lines"])
+    slipped = lines[:1] + ["12+3=16"] + lines[2:]
+    assert chain.step_labels(p, "\n".join(slipped)) == chain.StepLabels(slipped, [True] + [False] * (len(lines) - 1), 1)
+    # a right line after a wrong one is not on the correct path; spaces and a trailing newline are ignored
+    back = lines[:1] + ["x"] + lines[2:]
+    assert chain.step_labels(p, "\n".join(back)).ok[2:] == [False] * (len(lines) - 2)
+    spaced = " ".join(lines[0]) + "\n" + "\n".join(lines[1:]) + "\n"
+    assert chain.step_labels(p, spaced).first_wrong is None
+    # stops early: every line right, the missing step is the first wrong one; extra lines are wrong
+    assert chain.step_labels(p, "\n".join(lines[:2])).first_wrong == 2
+    assert chain.step_labels(p, "\n".join(lines + ["1+1=2"])) == chain.StepLabels(lines + ["1+1=2"],
+                                                                                   [True] * len(lines) + [False],
+                                                                                   len(lines))
+    for junk in ("", "\\boxed{", "=\n=\n", "\n\n\n"):
+        lab = chain.step_labels(p, junk)
+        assert lab.first_wrong == 0 and not any(lab.ok)
+
+
+def test_step_labels_refuse_other_tasks_and_bad_options():
+    with pytest.raises(ValueError, match="only chain-task problems"):
+        chain.step_labels(Problem(id="gsm/1", prompt="q", gold="1", source="gsm_symbolic"), "1")
+    with pytest.raises(ConfigError, match="data: .*no multiplier"):
+        tasks.chain_task(DataConfig(modulus=10, operand_max=2, ops="*"))
+    with pytest.raises(ConfigError, match="data: .*operand_max"):
+        tasks.chain_task(DataConfig(modulus=10, operand_max=10))
+    with pytest.raises(ConfigError, match="data: .*ops"):
+        tasks.chain_task(DataConfig(ops="+/"))
+
+
+def test_token_steps_follow_the_newlines():
+    from repirl_jax import steps
+
+    train, _ = chain.splits(chain.ChainTask(2, 3, 0, 100, instruction=False, style="symbols", operand_max=9), 5, 1)
+    tok = vocab.build_tokenizer([p.prompt for p in train] + [p.experts[0] for p in train])
+    p = train[0]
+    ids = tok(p.experts[0] + tok.eos_token, add_special_tokens=False)["input_ids"]
+    of = steps.token_steps(tok, ids)
+    assert of[0] == 0 and of[-1] == len(p.meta["lines"]) - 1 and np.all(np.diff(of) >= 0)
+    lab, tok_ok = steps.labels(p, tok, ids)
+    assert lab.first_wrong is None and tok_ok.all()
+    bad = tok("\n".join(["1+1=2"] + p.meta["lines"][1:]), add_special_tokens=False)["input_ids"]
+    lab, tok_ok = steps.labels(p, tok, bad)
+    assert lab.first_wrong == 0 and not tok_ok.any()
+    np.testing.assert_allclose(steps.step_scores(np.arange(len(ids), dtype=float), of, len(p.meta["lines"]))[0],
+                               np.arange(len(ids))[of == 0].mean())
