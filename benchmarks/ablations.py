@@ -6,10 +6,12 @@
 The demo's imitation warm-up (`demo.warmup`) is built once; every variant then runs `loop.run` from
 that start on the hard levels with its overrides of `demo.default_config().rl`, once per seed
 (train.seed = 0..S-1: rollout sampling and PRM init; the problems and their order stay fixed).
-Each run is evaluated by greedy pass@1 on the held-out split. For every variant with a PRM, its
-seed-0 policy draws N samples per held-out problem at T=1 and its PRM picks among them: the
-best-of-n curve (exact expectation over n-subsets, evaluate.best_of_n_curve) against majority vote
-over the same samples (compare.majority_vote_curve), n = 1..N, and the PRM's AUROC on them.
+Each run is evaluated by eval_runner.evaluate (the harness of `repirl eval` and the demo): greedy
+pass@1 on the held-out split and, for every variant with a PRM, N samples per held-out problem at T=1
+from its seed-0 policy, which its PRM and null scorers rank: within-problem ranking, AUROC, step AUROC
+against the chain's exact labels, and the best-of-n curve (exact expectation over n-subsets,
+evaluate.best_of_n_curve) against majority vote over the same samples (compare.majority_vote_curve),
+n = 1, 2, 4, ..., N.
 
 Statistics: pass@1 mean with a 95% CI from a bootstrap that resamples seeds and problems
 (compare.seeds_problems_bootstrap); the difference to RLOO by a paired bootstrap over problems of
@@ -54,7 +56,6 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
 # the demo's size (repirl_jax/demo.py default_config: 600 RL steps, 400 held-out problems); below it
 # the file says "toy"
 FULL = dict(steps=600, seeds=3, n_test=400, bon=16)
-NS = tuple(range(1, 17))
 log = logging.getLogger("ablations")
 
 
@@ -91,44 +92,53 @@ def train(c, start: str, variant: str, seed: int, root: str) -> dict:
     return out
 
 
+EVAL_FORMAT = 2  # eval.json written by eval_runner.evaluate; an older cached one is evaluated again
+
+
 def evaluate(c, start: str, variant: str | None, seed: int, root: str, test, bon: int, workers: int) -> dict:
-    """Greedy pass@1 per held-out problem; for seed 0 of a PRM variant also the best-of-n and
-    majority-vote curves over `bon` samples and the PRM's AUROC. Cached in eval.json."""
-    from repirl_jax import compare, eval_runner, models
-    from repirl_jax import evaluate as ev
+    """eval_runner.evaluate of one run on the held-out split (greedy pass@1 per problem) and, for
+    seed 0 of a PRM variant, its PRM beside the null scorers on `bon` samples per problem at T=1
+    (ranking, AUROC, best-of-n vs majority vote, step metrics against the chain's exact labels).
+    Cached in eval.json: its summary and curves, plus greedy, bon_prm and bon_maj for the tables."""
+    from repirl_jax import eval_runner, models
     from repirl_jax.data import prompts
 
     d = run_dir(root, variant, seed) if variant else os.path.join(root, "start")
     path = os.path.join(d, "eval.json")
     if os.path.isfile(path):
         with open(path) as f:
-            return json.load(f)
+            cached = json.load(f)
+        if cached.get("format") == EVAL_FORMAT:
+            return cached
     policy = os.path.join(d, "final", "policy") if variant else start
     pc, params = models.load(policy)
     tok = models.load_tokenizer(policy)
-    enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)
-    probs = [test[i] for i in enc.kept]
-    kw = dict(max_new_tokens=c.rl.data.max_new_tokens, workers=workers)
-    greedy = eval_runner.rollouts(pc, params, tok, probs, enc.ids, **kw)
-    out = {"problem_ids": [p.id for p in probs], "greedy": greedy.correct_PN[:, 0].astype(float).tolist()}
+    enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)  # logs what it drops; the same for every run
+    probs = [test[i] for i in enc.kept]  # (all runs share the warm-up's tokenizer)
     has_prm = variant and "prm.loss=none" not in VARIANTS[variant][0]
-    if has_prm and seed == 0 and bon > 1:
-        s = eval_runner.rollouts(pc, params, tok, probs, enc.ids, n=bon, temperature=1.0, seed=c.seed, **kw)
-        scorer = eval_runner.PRMScorer.load(os.path.join(d, "final"), (pc, params))
-        scores = scorer.scores(enc.ids, s.tokens, s.mask, bon)
-        ns = [n for n in NS if n <= bon]
-        out |= {"bon_prm": {str(k): v for k, v in ev.best_of_n_curve(scores, s.correct_PN, ns).items()},
-                "bon_maj": {str(k): v for k, v in compare.majority_vote_curve(
-                    s.answers_PN, s.correct_PN, ns, seed=c.seed).items()},
-                "auroc": ev.auroc(scores.ravel(), s.correct_PN.ravel()),
-                "ranking": ev.ranking_accuracy(scores, s.correct_PN)}
+    sample = has_prm and seed == 0 and bon > 1
+    scorer = eval_runner.PRMScorer.load(os.path.join(d, "final"), (pc, params)) if sample else None
+    rep = eval_runner.evaluate(pc, params, tok, probs, enc.ids, scorer=scorer, samples=bon if sample else 1,
+                               max_new_tokens=c.rl.data.max_new_tokens, temperature=1.0, seed=c.seed, workers=workers)
+    js = rep.to_json()
+    out = {"format": EVAL_FORMAT, "problem_ids": [p.id for p in probs], "dropped": enc.dropped,
+           "greedy": js["per_problem"]["pass@1_greedy"], "summary": js["summary"], "curves": js["curves"],
+           "n_samples": rep.n_samples}
+    if sample:
+        out |= {"bon_prm": out["curves"]["prm/best_of_n"], "bon_maj": out["curves"]["maj"]}
     os.makedirs(d, exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f)
     return out
 
 
+NULLS = ("logprob", "length", "hash")
+
+
 def summarize(c, results: dict, walls: dict, base: str = "rloo") -> list[dict]:
+    """One row per method: greedy pass@1 over seeds and problems, the paired difference to `base`,
+    and from its seed-0 evaluation (eval_runner.evaluate's summary) the PRM's AUROC, within-problem
+    ranking, step AUROC, best-of-N against maj@N on the same samples, and the null scorers' ranking."""
     from repirl_jax import compare
     from repirl_jax import evaluate as ev
 
@@ -145,14 +155,20 @@ def summarize(c, results: dict, walls: dict, base: str = "rloo") -> list[dict]:
         if per_base is not None and name != base:
             m, lo, hi, p = ev.paired_bootstrap(x.mean(0), per_base)
             row |= {f"diff vs {base} [95% CI]": ev.format_ci(m, lo, hi), "p": p}
-        if runs[0].get("auroc") is not None:
-            row["PRM AUROC (seed 0)"] = runs[0]["auroc"]
-        if runs[0].get("ranking") is not None:
-            row["PRM ranking (seed 0)"] = runs[0]["ranking"]
+        row |= _prm_cells(runs[0].get("summary", {}))
         if walls.get(name):
             row["train s / seed"] = round(float(np.mean([w["train_s"] for w in walls[name]])))
         rows.append(row)
     return rows
+
+
+def _prm_cells(summary: dict) -> dict:
+    """The seed-0 PRM columns present in one evaluation's summary (point values)."""
+    n = next((k.split("_")[-1] for k in summary if k.startswith("prm/best_of_")), None)
+    cells = {"PRM AUROC (seed 0)": "prm/auroc", "PRM ranking (seed 0)": "prm/ranking",
+             "PRM step AUROC": "prm/step_auroc", f"PRM best-of-{n}": f"prm/best_of_{n}", f"maj@{n}": f"maj@{n}",
+             **{f"{k} ranking": f"{k}/ranking" for k in NULLS}}
+    return {col: summary[key][0] for col, key in cells.items() if key in summary}
 
 
 def plot_bon(curves: dict, path: str, title: str) -> None:
@@ -178,6 +194,7 @@ def plot_bon(curves: dict, path: str, title: str) -> None:
 
 def write_results(args, c, rows, curves, n_test: int, root: str, missing=()) -> str:
     from repirl_jax import evaluate as ev
+    from repirl_jax import prm_quality
 
     toy = (args.steps < FULL["steps"] or args.seeds < FULL["seeds"] or n_test < FULL["n_test"]
            or args.bon_samples < FULL["bon"] or bool(args.set) or set(args.variants.split(",")) != set(VARIANTS))
@@ -189,9 +206,13 @@ def write_results(args, c, rows, curves, n_test: int, root: str, missing=()) -> 
     if missing:
         banner += (f"> **PARTIAL: {len(missing)} run(s) not finished yet** ({', '.join(missing)}); "
                    "the sweep writes this file after every run.\n\n")
+    N = args.bon_samples
     cols = ["method", "overrides", "seeds", "held-out pass@1 (greedy) [95% CI]", "diff vs rloo [95% CI]", "p",
-            "PRM AUROC (seed 0)", "PRM ranking (seed 0)", "train s / seed"]
-    cols = [k for k in cols if any(k in r for r in rows)]  # e.g. no ranking in evaluations cached before it existed
+            "PRM AUROC (seed 0)", "PRM ranking (seed 0)", "PRM step AUROC", f"PRM best-of-{N}", f"maj@{N}",
+            *[f"{k} ranking" for k in NULLS], "train s / seed"]
+    cols = [k for k in cols if any(k in r for r in rows)]  # e.g. no PRM columns before a PRM variant is evaluated
+    scorer_rows = [{"method": name, **r} for name, run in curves.items()
+                   for r in prm_quality.scorer_rows(run.get("summary", {}), N)]
     ns = [n for n in (1, 2, 4, 8, 16) if n <= args.bon_samples]
     selectors = (("PRM best-of-n", "bon_prm"), ("majority vote", "bon_maj"))
     bon_rows = [{"method": name, "selector": sel, **{f"n={n}": r[key].get(str(n)) for n in ns}}
@@ -210,18 +231,30 @@ warm-up ({c.warmup.steps} steps on {c.warmup.min_steps}-{c.warmup.max_steps}-ste
 {args.steps} RL steps of {d.prompts_per_step} prompts x {d.samples} samples from the same start, seeds
 0..{args.seeds - 1}. Held-out: {n_test} problems never trained on, greedy pass@1. CI: bootstrap over seeds and
 problems; diff vs rloo: paired bootstrap over problems of the per-problem mean over seeds (two-sided p).
-AUROC: the method's PRM on {args.bon_samples} T=1 samples of its seed-0 policy per held-out problem (across
-problems: it also rewards telling easy problems from hard ones); ranking: the fraction of (correct, wrong)
-pairs of the same problem that the PRM orders correctly (0.5 = chance; what best-of-n needs). Wall
+PRM columns, all from one harness (eval_runner.evaluate) on {N} T=1 samples of the method's seed-0 policy
+per held-out problem: AUROC across problems (it also rewards telling easy problems from hard ones); ranking:
+the fraction of (correct, wrong) pairs of the same problem that the PRM orders correctly (0.5 = chance; what
+best-of-n needs); step AUROC: each step's mean token reward against its exact label (on the correct path or
+not); PRM best-of-{N} against maj@{N} on the same samples; and the ranking of null scorers on those samples
+(logprob: the policy's mean token log-prob; length: shorter is better; hash: random, the chance level). Wall
 time: `loop.run` per seed on this machine, compiles included.
 
 {ev.markdown_table(rows, cols)}
+
+## Each PRM beside null scorers
+
+Same samples as above. Ranking with a 95% bootstrap CI over problems; AUROC within level: the mean over
+difficulty levels of the AUROC among that level's samples; step AUROC and first-wrong-step (FWS) F1 against
+the chain task's exact step labels (ProcessBench-style: the first step scored below a threshold picked on a
+seeded half of the problems, F1 on the other half).
+
+{ev.markdown_table(scorer_rows, list(scorer_rows[0])) if scorer_rows else "(no PRM variant run)"}
 
 ## Best-of-n with each PRM vs majority vote
 
 {args.bon_samples} samples per held-out problem at T=1 from each method's seed-0 policy. PRM best-of-n: exact
 expectation over n-subsets (evaluate.best_of_n_curve, ties to the earlier sample); majority vote: 200 random
-n-subsets per problem (compare.majority_vote_curve). Plot (n = 1..{args.bon_samples}): `{os.path.basename(png)}`.
+n-subsets per problem (compare.majority_vote_curve). Plot (n = {", ".join(map(str, ns))}): `{os.path.basename(png)}`.
 
 {ev.markdown_table(bon_rows, ["method", "selector"] + [f"n={n}" for n in ns]) if bon_rows else "(no PRM variant run)"}
 

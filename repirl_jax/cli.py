@@ -18,9 +18,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """A policy (and a PRM) on held-out problems: metrics with 95% bootstrap CIs, per-problem JSON."""
+    """A policy (and a PRM) on held-out problems: eval_runner.evaluate's tables (outcome metrics
+    with 95% bootstrap CIs, the PRM beside null scorers, best-of-n vs majority vote, step metrics
+    on the chain task), and with --out its summary, per-problem results and curves as JSON."""
     from . import eval_runner, models
-    from . import evaluate as ev
     from .config import ConfigError, DataConfig, apply_overrides
     from .data import prompts, tasks
 
@@ -30,40 +31,35 @@ def cmd_eval(args) -> int:
         return champ_eval.cli(args)
     if not args.task or (args.beam and not args.prm):
         raise ConfigError("eval needs --task (or --champ), and --beam needs --prm (the PRM guides the search)")
-    d = apply_overrides(DataConfig(task=args.task, path=args.data or "", n_train=args.n if args.split == "train" else 1, n_test=args.n), args.set or [])
+    # --set takes data fields as the training config names them (data.modulus=100) or bare (modulus=100)
+    sets = [s.removeprefix("data.") for s in args.set or []]
+    d = apply_overrides(DataConfig(task=args.task, path=args.data or "", n_train=args.n if args.split == "train" else 1,
+                                   n_test=args.n), sets)
     train, test = tasks.load_problems(d)
     problems = test if args.split == "test" else train
     pc, params = models.load(args.policy)
     tok = models.load_tokenizer(args.policy)
     enc = prompts.encode(problems, tok, d.max_prompt_len)
+    print(f"{len(enc.kept)} of {len(problems)} prompts evaluated; {enc.dropped} dropped for exceeding "
+          f"data.max_prompt_len={d.max_prompt_len} tokens" + (" (raise it with --set data.max_prompt_len=N)"
+                                                             if enc.dropped else ""))
+    if not enc.kept:
+        raise ConfigError(f"every prompt exceeds data.max_prompt_len={d.max_prompt_len} tokens; raise it with "
+                          "--set data.max_prompt_len=N")
     problems = [problems[i] for i in enc.kept]
-    kw = dict(max_new_tokens=args.max_new_tokens, workers=args.workers, max_prompts=d.rollout_prompts)
-    greedy = eval_runner.rollouts(pc, params, tok, problems, enc.ids, **kw)
-    sampled = scores = None
     use_prm = args.prm and (args.samples > 1 or args.beam)
     scorer = eval_runner.PRMScorer.load(args.prm, (pc, params)) if use_prm else None
-    if args.samples > 1:
-        sampled = eval_runner.rollouts(pc, params, tok, problems, enc.ids, n=args.samples,
-                                       temperature=args.temperature, seed=args.seed, **kw)
-        if scorer is not None:
-            scores = scorer.scores(enc.ids, sampled.tokens, sampled.mask, args.samples)
-    summary, per = eval_runner.metrics(greedy, sampled, scores, seed=args.seed)
-    if args.beam:  # PRM step-level beam search (repirl_jax/search.py)
-        from . import search
-
-        per["prm_beam"], _ = search.evaluate_beam(pc, params, scorer, tok, problems, enc.ids, beam=args.beam,
-                                                  expansions=args.expansions, temperature=args.temperature,
-                                                  max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                                  workers=args.workers)
-        summary["prm_beam"] = ev.bootstrap_ci(per["prm_beam"], seed=args.seed)
-    rows = [{"metric": k, "value [95% CI]": ev.format_ci(*v) if len(v) == 3 else f"{v[0]:.3f}"}
-            for k, v in summary.items()]
-    print(ev.markdown_table(rows, ["metric", "value [95% CI]"]))
+    rep = eval_runner.evaluate(pc, params, tok, problems, enc.ids, scorer=scorer, samples=args.samples,
+                               max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                               beam=args.beam, expansions=args.expansions, workers=args.workers,
+                               max_prompts=d.rollout_prompts)
+    print(rep.markdown())
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"policy": args.policy, "prm": args.prm, "task": args.task, "split": args.split,
-                       "n": len(problems), "summary": summary, "problem_ids": [p.id for p in problems],
-                       "per_problem": {k: v.tolist() for k, v in per.items()}}, f, indent=1)
+                       "n": len(problems), "dropped": enc.dropped, "max_prompt_len": d.max_prompt_len,
+                       "samples": args.samples, "temperature": args.temperature, "problem_ids": [p.id for p in problems],
+                       **rep.to_json()}, f, indent=1)
     return 0
 
 
@@ -172,13 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="the data file for gsm8k / math / eurus")
     e.add_argument("--split", choices=("test", "train"), default="test")
     e.add_argument("--n", type=int, default=100, help="held-out problems")
-    e.add_argument("--samples", type=int, default=1, help="samples per problem at --temperature (avg@N, pass@k, maj@N)")
+    e.add_argument("--samples", type=int, default=1, help="samples per problem at --temperature: avg@N, pass@k, "
+                   "maj@N, and the PRM (with --prm) beside null scorers: ranking, AUROC, best-of-n, step metrics")
     e.add_argument("--temperature", type=float, default=1.0)
     e.add_argument("--max-new-tokens", type=int, default=256)
     e.add_argument("--workers", type=int, default=2, help="verifier processes")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="a data field, e.g. min_steps=3, or "
-                   "rollout_prompts=16 (prompts per sampler call: bounds the KV cache)")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="a data field, e.g. data.min_steps=3, "
+                   "data.modulus=100, data.max_prompt_len=256 (longer prompts are dropped, and counted), or "
+                   "data.rollout_prompts=16 (prompts per sampler call: bounds the KV cache); the data. is optional")
     e.add_argument("--out", help="write summary and per-problem results here (JSON)")
     e.add_argument("--beam", type=int, default=0, metavar="B", help="PRM step-level beam search of width B, steps "
                    "ending at a newline, at --temperature (needs --prm): the prm_beam metric")

@@ -215,14 +215,41 @@ def auroc(scores, labels) -> float:
     return float((avg_rank[inv.ravel()][y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def ranking_accuracy(scores_PN, correct_PN) -> float:
-    """Fraction of (correct i, wrong j) pairs of the same problem with s_i > s_j, ties 1/2,
-    pooled over all problems' pairs (a problem with more mixed pairs weighs more). NaN if none."""
+def ranking_pairs(scores_PN, correct_PN) -> tuple[np.ndarray, np.ndarray]:
+    """([P] wins, [P] pairs) per problem: pairs_p = #{(i, j): correct i, wrong j} and
+    wins_p = sum over those pairs of [s_i > s_j] + 1/2 [s_i = s_j]."""
     s, c = _check_pn(scores_PN, correct_PN)
     pair = c[:, :, None] & ~c[:, None, :]
     si, sj = s[:, :, None], s[:, None, :]
-    n = int(pair.sum())
-    return float(((si > sj) + 0.5 * (si == sj))[pair].sum() / n) if n else float("nan")
+    wins = np.where(pair, (si > sj) + 0.5 * (si == sj), 0.0).sum((1, 2))
+    return wins, pair.sum((1, 2)).astype(np.float64)
+
+
+def ranking_accuracy(scores_PN, correct_PN) -> float:
+    """Fraction of (correct i, wrong j) pairs of the same problem with s_i > s_j, ties 1/2,
+    pooled over all problems' pairs (a problem with more mixed pairs weighs more). NaN if none:
+    sum_p wins_p / sum_p pairs_p (ranking_pairs)."""
+    wins, pairs = ranking_pairs(scores_PN, correct_PN)
+    return float(wins.sum() / pairs.sum()) if pairs.sum() else float("nan")
+
+
+def ratio_bootstrap_ci(num_P, den_P, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+    """(sum num / sum den, lo, hi) with problems resampled with replacement (a pooled ratio such
+    as ranking accuracy keeps its pooling in every resample); resamples with sum den = 0 are left
+    out. NaN everywhere when sum den = 0."""
+    num, den = _check_1d(num_P, "num_P"), _check_1d(den_P, "den_P")
+    if num.shape != den.shape:
+        raise ValueError(f"ratio_bootstrap_ci: num {num.shape} and den {den.shape} must match")
+    if den.sum() == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for start in range(0, n_boot, _BOOT_CHUNK):
+        idx = rng.integers(0, len(num), size=(min(_BOOT_CHUNK, n_boot - start), len(num)))
+        d = den[idx].sum(1)
+        ratios.append(num[idx].sum(1)[d > 0] / d[d > 0])
+    lo, hi = np.quantile(np.concatenate(ratios), [(1 - level) / 2, (1 + level) / 2])
+    return float(num.sum() / den.sum()), float(lo), float(hi)
 
 
 def first_wrong_step(step_scores: Sequence[float], threshold: float) -> int | None:

@@ -19,8 +19,11 @@ TOY = ["--steps", "1", "--seeds", "1", "--variants", "rloo,repirl", "--bon-sampl
 
 def test_summary_rows():
     c = demo.default_config()
+    summary = {"prm/auroc": [0.75], "prm/ranking": [0.4, 0.3, 0.5], "prm/step_auroc": [0.9],
+               "prm/best_of_16": [0.6, 0.5, 0.7], "maj@16": [0.55, 0.45, 0.65], "logprob/ranking": [0.52, 0.4, 0.6],
+               "length/ranking": [0.61, 0.5, 0.7], "hash/ranking": [0.5, 0.4, 0.6]}  # eval_runner.EvalReport's
     results = {"rloo": [{"greedy": [0, 1, 0, 0]}, {"greedy": [0, 1, 1, 0]}],
-               "repirl": [{"greedy": [1, 1, 0, 0], "auroc": 0.75, "ranking": 0.4}, {"greedy": [1, 1, 1, 1]}]}
+               "repirl": [{"greedy": [1, 1, 0, 0], "summary": summary}, {"greedy": [1, 1, 1, 1]}]}
     walls = {"rloo": [{"train_s": 10.0}, {"train_s": 12.0}], "repirl": [{"train_s": 20.0}, {"train_s": 22.0}]}
     rows = ablations.summarize(c, results, walls)
     assert [r["method"] for r in rows] == ["rloo", "repirl"]
@@ -31,6 +34,9 @@ def test_summary_rows():
     assert rows[1]["PRM AUROC (seed 0)"] == 0.75 and rows[1]["train s / seed"] == 21
     assert rows[1]["PRM ranking (seed 0)"] == 0.4 and "PRM ranking (seed 0)" not in rows[0]
     assert "policy.alpha_p=" in rows[1]["overrides"] and "diff vs rloo [95% CI]" not in rows[0]
+    assert (rows[1]["PRM step AUROC"], rows[1]["PRM best-of-16"], rows[1]["maj@16"]) == (0.9, 0.6, 0.55)
+    assert (rows[1]["logprob ranking"], rows[1]["length ranking"], rows[1]["hash ranking"]) == (0.52, 0.61, 0.5)
+    assert "PRM step AUROC" not in rows[0] and "hash ranking" not in rows[0]
 
 
 def test_unknown_variant_or_no_baseline_is_refused(capsys):
@@ -50,7 +56,8 @@ def test_toy_sweep_runs_resumes_and_says_toy(tmp_path):
     assert text.startswith("# Ablations") and "TOY RUN, NOT A RESULT" in text
     assert "python -m benchmarks.ablations --steps 1 --seeds 1" in text
     for needle in ("| rloo | prm.loss=none | 1 |", "| repirl | (demo default", "| repirl | PRM best-of-n |",
-                   "| repirl | majority vote |"):
+                   "| repirl | majority vote |", "| repirl | prm | PRM, mean token reward |", "| repirl | hash |",
+                   "PRM step AUROC", "| PRM best-of-2 | maj@2 |"):
         assert needle in text, text
     assert (tmp_path / "results_bon.png").read_bytes()[:4] == b"\x89PNG"
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -284,6 +284,23 @@ def test_ranking_accuracy_hand_and_reference():
     assert ev.ranking_accuracy(scores, correct) == pytest.approx(want, abs=1e-12)
 
 
+def test_ranking_pairs_per_problem_hand():
+    wins, pairs = ev.ranking_pairs([[0.9, 0.1, 0.5], [0.2, 0.2, 0.7], [0.1, 0.2, 0.3]], [[1, 0, 0], [1, 0, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(wins, [2, 0.5, 0])  # problem 1: a tie counts 1/2; problem 2: no wrong sample
+    np.testing.assert_array_equal(pairs, [2, 2, 0])
+
+
+def test_ratio_bootstrap_ci_pools_and_resamples_problems():
+    num, den = np.array([2.0, 0.5, 0.0]), np.array([2.0, 2.0, 0.0])
+    m, lo, hi = ev.ratio_bootstrap_ci(num, den, n_boot=500, seed=1)
+    assert m == 2.5 / 4 and 0.25 - 1e-12 <= lo <= m <= hi <= 1.0  # resamples: 0.25 (only p1), 1 (only p0)
+    assert ev.ratio_bootstrap_ci(num, den, n_boot=500, seed=1) == (m, lo, hi)
+    assert ev.ratio_bootstrap_ci([1.0, 3.0], [2.0, 6.0]) == (0.5, 0.5, 0.5)  # every resample has ratio 1/2
+    assert all(math.isnan(x) for x in ev.ratio_bootstrap_ci([0.0], [0.0]))
+    with pytest.raises(ValueError, match="must match"):
+        ev.ratio_bootstrap_ci([1.0], [1.0, 2.0])
+
+
 def test_first_wrong_step():
     s = [0.9, 0.8, 0.3, 0.1]
     assert ev.first_wrong_step(s, 0.5) == 2
