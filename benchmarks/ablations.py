@@ -42,16 +42,18 @@ import numpy as np
 
 VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "rloo": (["prm.loss=none"], "plain outcome RLOO, no PRM"),
-    "repirl": ([], "rePIRL: head PRM, importance weights, pseudo-experts, the demo's alpha_p"),
-    "no_importance_weights": (["prm.importance_weights=false"], "uniform weights over negatives"),
-    "no_pseudo_experts": (["prm.pseudo_experts=false"], "correct rollouts not added to the positives"),
+    "repirl": ([], "rePIRL: head PRM, per-prompt IS weights, pseudo-experts, the demo's alpha_p and process advantage"),
+    "oracle": (["prm.loss=oracle"], "the ceiling: a head PRM trained on the exact step labels (per-token BCE) as process reward"),
+    "orm": (["prm.loss=orm"], "outcome-supervised PRM: BCE of the mean score on the verifier's outcome"),
     "prime": (["prm.form=implicit", "prm.loss=prime"], "PRIME: implicit PRM, cross-entropy on outcomes"),
     "discriminator": (["prm.loss=discriminator"], "discriminator PRM (expert vs policy)"),
-    "form_implicit": (["prm.form=implicit"], "rePIRL with the implicit PRM form"),
+    "is_scope=batch": (["prm.is_scope=batch"], "one partition function for the whole batch (the old default)"),
+    "no_importance_weights": (["prm.importance_weights=false"], "uniform weights over each prompt's negatives"),
+    "no_pseudo_experts": (["prm.pseudo_experts=false"], "correct rollouts not added to the positives"),
+    "process_adv=token": (["policy.process_adv=token"], "token rewards minus the group baseline (the old default)"),
+    "process_adv=position": (["policy.process_adv=position"], "token rewards centred per position within the group"),
+    "process_adv=last": (["policy.process_adv=last"], "the PRM's trajectory score on the last token, group-baselined"),
     "form_shared": (["prm.form=shared"], "rePIRL with the head on the policy's trunk"),
-    "alpha_p=0.05": (["policy.alpha_p=0.05"], "process reward weight 0.05"),
-    "alpha_p=0.1": (["policy.alpha_p=0.1"], "process reward weight 0.1"),
-    "alpha_p=0.5": (["policy.alpha_p=0.5"], "process reward weight 0.5"),
 }
 # the demo's size (repirl_jax/demo.py default_config: 600 RL steps, 400 held-out problems); below it
 # the file says "toy"

@@ -88,7 +88,7 @@ class OptimConfig:
                f"cosine needs total_steps > warmup_steps={self.warmup_steps}")
 
 
-PRM_FORMS = ("head", "implicit", "shared")
+PRM_FORMS = ("head", "head_logprob", "implicit", "shared")
 PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "none", "frozen")
 PROCESS_ADV = ("token", "position", "last")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
@@ -98,7 +98,7 @@ ESTIMATORS = ("rloo", "grpo", "reinforce")
 class PRMConfig:
     """ALGORITHM.md sections 2-3. Options marked [ours] there are ablation switches here."""
 
-    form: str = "head"  # head | implicit | shared
+    form: str = "head"  # head | head_logprob | implicit | shared (prm.py)
     # repirl | prime | discriminator | orm (BCE of the mean score on the outcome) | oracle (per-token BCE
     # on exact step labels: the ceiling; chain task only) | none (no PRM) | frozen (rewards, no update: TTT)
     loss: str = "repirl"
@@ -109,6 +109,9 @@ class PRMConfig:
     is_length_norm: bool = False  # [ours] log w / response length
     is_temperature: float = 1.0  # [ours] log w / temperature
     is_clip: float = 0.0  # [ours] cap log w at max(log w) - is_clip; 0 = off
+    # [ours] base measure of the EBM p(tau | x) exp(E) / Z(x): uniform (log w = E - log pi_old, as
+    # ALGORITHM.md writes Z) | policy (p = pi_old: log w = E, the weights stop chasing unlikely samples)
+    is_base: str = "uniform"
     is_scope: str = "prompt"  # per-prompt partition function (ALGORITHM.md section 3) | batch (ablation)
     reward_l2: float = 0.0  # [ours] L2 on token rewards, keeps the energy bounded
     beta: float = 0.05  # implicit form: r = beta * (log pi_phi - log pi_ref)
@@ -122,6 +125,7 @@ class PRMConfig:
         _check(self, "score", self.score in ("mean", "sum"), "expected mean | sum")
         _check(self, "negatives", self.negatives in ("failed", "all"), "expected failed | all")
         _check(self, "is_scope", self.is_scope in ("batch", "prompt"), "expected batch | prompt")
+        _check(self, "is_base", self.is_base in ("uniform", "policy"), "expected uniform | policy")
         _check(self, "is_temperature", self.is_temperature > 0, "must be > 0")
         _check(self, "is_clip", self.is_clip >= 0, "must be >= 0")
         _check(self, "beta", self.beta > 0, "must be > 0")

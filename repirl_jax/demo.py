@@ -1,12 +1,17 @@
 """`repirl demo`: the README's main job, from nothing, on a 2-core CPU in minutes.
 
-1. Build a word-level tokenizer for the chain task (single-digit arithmetic modulo 10).
-2. Teach a small random-init policy the easy levels (short chains) by imitation (`sft.py`).
+1. Build a word-level tokenizer for the chain task in its process-matters form: two-digit values
+   modulo 100, single-digit operands, multipliers coprime to 100, so one slipped step always
+   makes the answer wrong and a guess is right ~1% of the time (data/chain.py).
+2. Teach a small random-init policy every level RL trains on, 1..warmup.max_steps steps, by
+   imitation (`sft.py`), stopping while it still slips now and then.
 3. From that same starting point, run plain outcome RLOO (`prm.loss=none`) and rePIRL on the
-   harder levels (longer chains), each with `loop.run` (checkpoints, metrics.jsonl, exports).
-4. Evaluate the start and both results on a held-out split of the hard levels (greedy pass@1
-   with a 95% bootstrap CI, paired differences), score held-out samples with the learned PRM
-   (ranking accuracy, AUROC), and write WORKDIR/report.md plus PNG curves.
+   long chains, each with `loop.run` (checkpoints, metrics.jsonl, exports).
+4. Evaluate the start and both results on a held-out split of the long chains with the one
+   evaluation path (`eval_runner.evaluate`): greedy pass@1 with a 95% bootstrap CI, per level,
+   paired differences; the learned PRM on samples of its policy against the exact step labels
+   (within-problem ranking, step AUROC, best-of-16 vs majority@16, first-wrong-step F1) beside
+   null scorers (log-prob, length, a text hash). Writes WORKDIR/report.md plus PNG curves.
 Every stage resumes: a stage whose output exists is not run again.
 """
 from __future__ import annotations
@@ -24,7 +29,7 @@ from . import evaluate as ev
 from . import eval_runner, loop, models, plots, sft
 from .config import (DataConfig, LoopConfig, ModelSource, OptimConfig, PolicyConfig, PRMConfig, TrainConfig,
                      apply_overrides)
-from .data import chain, prompts, vocab
+from .data import chain, prompts, tasks, vocab
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +39,13 @@ class WarmupConfig:
     """The imitation stage: a random-init Llama-style model on the easy levels."""
 
     layers: int = 2
-    width: int = 64
+    width: int = 128
     min_steps: int = 1
-    max_steps: int = 3
+    max_steps: int = 7  # covers every level the RL stage trains on
     n_train: int = 8000
-    steps: int = 1000
+    steps: int = 800  # the policy learns the steps between ~450 and ~700 updates, then still slips at T=1
     batch: int = 64
-    length: int = 48  # prompt + solution tokens
+    length: int = 104  # prompt + solution tokens (7 steps: <= 95)
     lr: float = 3e-3  # AdamW, linear warm-up for lr_warmup steps, then cosine decay to 0 at `steps`
     lr_warmup: int = 50
 
@@ -49,14 +54,14 @@ class WarmupConfig:
 class DemoConfig:
     warmup: WarmupConfig = WarmupConfig()
     rl: TrainConfig = TrainConfig()  # the hard-level RL stage; model.policy is set to WORKDIR/start
-    eval_samples: int = 4  # samples per held-out problem scored by the PRM
+    eval_samples: int = 16  # samples per held-out problem (T=1) scored by the PRM and the null scorers
     seed: int = 0
 
 
 def default_config() -> DemoConfig:
-    hard = DataConfig(task="chain", min_steps=3, max_steps=4, modulus=10, instruction=False, style="symbols",
-                      n_train=4000, n_test=400, seed=1, prompts_per_step=8, samples=4, experts=1, oversample=2,
-                      max_prompt_len=32, max_new_tokens=32)
+    hard = DataConfig(task="chain", min_steps=5, max_steps=7, modulus=100, operand_max=9, ops="+-*",
+                      instruction=False, style="symbols", n_train=4000, n_test=400, seed=1, prompts_per_step=8,
+                      samples=4, experts=1, oversample=2, max_prompt_len=40, max_new_tokens=72)
     return DemoConfig(rl=TrainConfig(
         data=hard,
         # the paper's PRM form, loss and options (ALGORITHM.md); alpha_p as for Qwen3-4B; learning
@@ -71,7 +76,7 @@ METHODS = {"rloo": ["prm.loss=none"], "repirl": []}
 
 def _problems(c: DemoConfig):
     w, d = c.warmup, c.rl.data
-    easy, _ = chain.splits(chain.ChainTask(w.min_steps, w.max_steps, c.seed, d.modulus, d.instruction, d.style),
+    easy, _ = chain.splits(tasks.chain_task(d, min_steps=w.min_steps, max_steps=w.max_steps, seed=c.seed),
                            w.n_train, 1)
     return easy, loop.load_problems(c.rl)
 
@@ -100,24 +105,18 @@ def warmup(c: DemoConfig, workdir: str) -> str:
     return out
 
 
-def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, seed: int) -> dict:
+def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, seed: int) -> eval_runner.EvalReport:
+    """The one evaluation path on the held-out problems: greedy, and with a PRM, eval_samples
+    samples of this policy scored by it and by the null scorers."""
     pc, params = models.load(policy_dir)
     tok = models.load_tokenizer(policy_dir)
     enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)
     if enc.dropped:  # per-problem results must stay aligned with `test`
         raise ValueError(f"demo: {enc.dropped} held-out prompts exceed rl.data.max_prompt_len={c.rl.data.max_prompt_len}")
-    ids = enc.ids
-    T = c.rl.data.max_new_tokens
-    greedy = eval_runner.rollouts(pc, params, tok, test, ids, max_new_tokens=T)
-    out = {"greedy_per_problem": greedy.correct_PN[:, 0].astype(float).tolist()}
-    if prm_final:
-        n = c.eval_samples
-        sampled = eval_runner.rollouts(pc, params, tok, test, ids, n=n, temperature=1.0, max_new_tokens=T, seed=seed)
-        scores = eval_runner.PRMScorer.load(prm_final, (pc, params)).scores(ids, sampled.tokens, sampled.mask, n)
-        out["prm_ranking_acc"] = ev.ranking_accuracy(scores, sampled.correct_PN)
-        out["prm_auroc"] = ev.auroc(scores.ravel(), sampled.correct_PN.ravel())
-        out["sampled_acc"] = float(sampled.correct_PN.mean())
-    return out
+    scorer = eval_runner.PRMScorer.load(prm_final, (pc, params)) if prm_final else None
+    return eval_runner.evaluate(pc, params, tok, test, enc.ids, scorer=scorer, samples=c.eval_samples if scorer else 0,
+                                max_new_tokens=c.rl.data.max_new_tokens, seed=seed,
+                                workers=c.rl.train.verify_workers)
 
 
 def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) -> str:
@@ -145,30 +144,40 @@ def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) ->
 
 def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, levels: list[int]) -> str:
     d = c.rl.data
+    N = c.eval_samples
     rows = []
     for name, r in results.items():
-        acc = ev.bootstrap_ci(r["greedy_per_problem"], seed=c.seed)
-        per = np.asarray(r["greedy_per_problem"])
-        by_level = {f"{k} steps": round(float(per[np.asarray(levels) == k].mean()), 3) for k in sorted(set(levels))}
-        row = {"method": name, "held-out pass@1 (greedy) [95% CI]": ev.format_ci(*acc), **by_level,
-               "PRM ranking acc": r.get("prm_ranking_acc", ""), "PRM AUROC": r.get("prm_auroc", ""),
-               "wall time (s)": round(times.get(name if name != "start" else "warm-up", 0.0))}
+        sm = r.summary
+        row = {"method": name, "held-out pass@1 (greedy) [95% CI]": ev.format_ci(*sm["pass@1_greedy"]),
+               **{f"{k} steps": round(sm[f"pass@1_greedy/steps={k}"][0], 3) for k in sorted(set(levels))
+                  if f"pass@1_greedy/steps={k}" in sm}}
+        if "prm/ranking" in sm:
+            row |= {"PRM ranking (within problem)": round(sm["prm/ranking"][0], 3),
+                    "PRM step AUROC": round(sm["prm/step_auroc"][0], 3) if "prm/step_auroc" in sm else "",
+                    f"PRM best-of-{N}": round(sm[f"prm_best_of_{N}"][0], 3), f"maj@{N}": round(sm[f"maj@{N}"][0], 3),
+                    f"avg@{N}": round(sm[f"avg@{N}"][0], 3)}
+        row["wall time (s)"] = round(times.get(name if name != "start" else "warm-up", 0.0))
         rows.append(row)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
     diffs = []
     for a, b in (("rloo", "start"), ("repirl", "start"), ("repirl", "rloo")):
-        m, lo, hi, p = ev.paired_bootstrap(results[a]["greedy_per_problem"], results[b]["greedy_per_problem"],
-                                           seed=c.seed)
+        m, lo, hi, p = ev.paired_bootstrap(results[a].per_problem["pass@1_greedy"],
+                                           results[b].per_problem["pass@1_greedy"], seed=c.seed)
         diffs.append({"comparison": f"{a} - {b}", "difference [95% CI]": ev.format_ci(m, lo, hi), "p": p})
-    table = ev.markdown_table(rows, list(rows[0]))
+    table = ev.markdown_table(rows, cols)
+    prm_detail = results["repirl"].markdown() if "prm/ranking" in results["repirl"].summary else ""
     text = f"""# repirl demo report
 
-Task: arithmetic chains modulo {d.modulus}. Imitation warm-up on {c.warmup.min_steps}-{c.warmup.max_steps}-step
-chains ({c.warmup.steps} steps of batch {c.warmup.batch}, a {c.warmup.layers}-layer width-{c.warmup.width} model
-from random init); then, from that same start, {c.rl.train.steps} RL steps on {d.min_steps}-{d.max_steps}-step
-chains ({d.prompts_per_step} prompts x {d.samples} samples per step, {d.experts} expert solution per prompt):
-plain outcome RLOO (`prm.loss=none`) and rePIRL (head PRM, alpha_p={c.rl.policy.alpha_p}).
-Held-out: {len(results['start']['greedy_per_problem'])} hard-level problems never trained on.
-PRM columns: the final rePIRL PRM scoring {c.eval_samples} samples (T=1) per held-out problem of that run's policy.
+Task: arithmetic chains modulo {d.modulus} (operands 1..{d.operand_max}, ops `{d.ops}`, multipliers coprime to
+{d.modulus}: a slipped step always makes the answer wrong). Imitation warm-up on
+{c.warmup.min_steps}-{c.warmup.max_steps}-step chains ({c.warmup.steps} steps of batch {c.warmup.batch}, a
+{c.warmup.layers}-layer width-{c.warmup.width} model from random init); then, from that same start,
+{c.rl.train.steps} RL steps on {d.min_steps}-{d.max_steps}-step chains ({d.prompts_per_step} prompts x {d.samples}
+samples per step, {d.experts} expert solution per prompt): plain outcome RLOO (`prm.loss=none`) and rePIRL (head PRM,
+alpha_p={c.rl.policy.alpha_p}, process advantage `{c.rl.policy.process_adv}`).
+Held-out: {len(levels)} problems of the RL levels never trained on.
+PRM columns: the final rePIRL PRM scoring {N} samples (T=1) per held-out problem of that run's policy, against the
+exact step labels (`data.chain.step_labels`); nulls beside it in the detail below.
 
 {table}
 
@@ -176,12 +185,18 @@ Paired bootstrap over the same held-out problems:
 
 {ev.markdown_table(diffs, list(diffs[0]))}
 
+## rePIRL's PRM in detail (the one evaluation path, `eval_runner.evaluate`)
+
+{prm_detail}
+
 Curves: `curves.png` (rollout accuracy, PRM loss, reward gap, ESS, entropy, response length per step).
 Reproduce: `repirl demo --workdir {workdir}`. Config: `{json.dumps(dataclasses.asdict(c))}`
 """
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write(text)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({k: r.to_json() for k, r in results.items()}, f)
     print(table)
     print()
     print(ev.markdown_table(diffs, list(diffs[0])))

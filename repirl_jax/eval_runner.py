@@ -66,8 +66,8 @@ class PRMScorer:
                 raise ValueError(f"{final_dir}: a shared-trunk PRM scores with the policy's trunk: pass the policy")
             return cls("shared", meta["beta"], policy[0], {"head": head, "trunk": policy[1]})
         cfg, lm = models.load(os.path.join(final_dir, "prm"))
-        if meta["form"] == "head":
-            return cls("head", meta["beta"], cfg, {"trunk": lm, "head": head})
+        if meta["form"] in ("head", "head_logprob"):
+            return cls(meta["form"], meta["beta"], cfg, {"trunk": lm, "head": head})
         if not meta.get("ref"):
             raise ValueError(f"{final_dir}: an implicit PRM of a random tiny model; its reference cannot be reloaded")
         _, ref = models.load(meta["ref"])

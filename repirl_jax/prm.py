@@ -5,6 +5,11 @@
   implicit  r_t = beta * (log pi_phi(a_t | s_t) - log pi_ref(a_t | s_t)), pi_ref a frozen copy of
             the initial PRM LM (params: lm; the reference lives in TrainState.prm_ref)
   shared    r_t = w . h_t + b on the policy's own trunk, gradients to the head only (params: head)
+  head_logprob [ours]  r_t = w . h_t + b + c log p_trunk(a_t | s_t): the head form plus the trunk's own
+            LM log-prob of the token as a feature, c zero-initialised. A slipped token is one the
+            trunk did not predict; the plain head must grow a circuit comparing a_t with the
+            prediction made one position earlier, this form reads it off the LM head (params: trunk,
+            head with w, b, c)
 """
 from __future__ import annotations
 
@@ -43,14 +48,15 @@ def head_init(d_model: int) -> dict:
     return {"w": jnp.zeros((d_model,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
 
 
-def head_axes() -> dict:
-    return {"w": ("embed",), "b": ()}
+def head_axes(form: str = "head") -> dict:
+    return {"w": ("embed",), "b": ()} | ({"c": ()} if form == "head_logprob" else {})
 
 
 def init_params(form: str, prm_cfg: ModelConfig, trunk_params: dict | None) -> dict:
     """PRM params: the trunk (a checkpoint's LM params) for head / implicit, plus a zero head."""
-    if form == "head":
-        return {"trunk": trunk_params, "head": head_init(prm_cfg.hidden_size)}
+    if form in ("head", "head_logprob"):
+        head = head_init(prm_cfg.hidden_size)
+        return {"trunk": trunk_params, "head": head | ({"c": jnp.zeros((), jnp.float32)} if form == "head_logprob" else {})}
     if form == "implicit":
         return {"lm": trunk_params}
     if form == "shared":
@@ -60,7 +66,8 @@ def init_params(form: str, prm_cfg: ModelConfig, trunk_params: dict | None) -> d
 
 def param_axes(form: str, prm_cfg: ModelConfig) -> dict:
     lm = transformer.param_axes(prm_cfg)
-    return {"head": {"trunk": lm, "head": head_axes()}, "implicit": {"lm": lm}, "shared": {"head": head_axes()}}[form]
+    return {"head": {"trunk": lm, "head": head_axes()}, "head_logprob": {"trunk": lm, "head": head_axes(form)},
+            "implicit": {"lm": lm}, "shared": {"head": head_axes()}}[form]
 
 
 def response_logprobs(cfg: ModelConfig, params: dict, seqs: Seqs, layout=None, chunk: int = 0,
@@ -75,17 +82,22 @@ def response_logprobs(cfg: ModelConfig, params: dict, seqs: Seqs, layout=None, c
     return token_logprobs(h if temperature == 1.0 else h / temperature, w, seqs.tokens[:, seqs.P:], chunk)
 
 
-def _head_rewards(cfg, trunk, head, seqs, layout):
+def _head_rewards(cfg, trunk, head, seqs, layout, chunk: int = 0):
     h_BLD, _ = transformer.hidden_states(cfg, trunk, seqs.tokens, positions_BL=seqs.positions,
                                          valid_BS=seqs.valid, layout=layout)
-    return jnp.einsum("btd,d->bt", h_BLD[:, seqs.P:].astype(jnp.float32), head["w"]) + head["b"]
+    r = jnp.einsum("btd,d->bt", h_BLD[:, seqs.P:].astype(jnp.float32), head["w"]) + head["b"]
+    if "c" in head:  # head_logprob: + c log p_trunk(a_t | s_t), from the position before a_t
+        w = trunk["embed"] if cfg.tie_word_embeddings else trunk["lm_head"]
+        lp, _ = token_logprobs(h_BLD[:, seqs.P - 1:-1], w, seqs.tokens[:, seqs.P:], chunk)
+        r = r + head["c"] * lp
+    return r
 
 
 def token_rewards(form: str, beta: float, prm_cfg: ModelConfig, policy_cfg: ModelConfig, prm_params: dict,
                   policy_params: dict, ref_params: dict | None, seqs: Seqs, layout=None, chunk: int = 0):
     """r_phi(s_t, a_t) for every response token, float32 [B, T] (mask it with the response mask)."""
-    if form == "head":
-        return _head_rewards(prm_cfg, prm_params["trunk"], prm_params["head"], seqs, layout)
+    if form in ("head", "head_logprob"):
+        return _head_rewards(prm_cfg, prm_params["trunk"], prm_params["head"], seqs, layout, chunk)
     if form == "shared":
         trunk = jax.lax.stop_gradient(policy_params)
         return _head_rewards(policy_cfg, trunk, prm_params["head"], seqs, layout)

@@ -160,7 +160,8 @@ def trajectory_loss_terms(pc: PRMConfig, mb: Batch, s_roll):
     (ALGORITHM.md section 3):
 
       repirl         c_j s_j, c from losses.repirl_coefficients: per-prompt (default) IS weights
-                     with log w_j = E(tau_j) - log pi_old(tau_j), E = s (the loss's own score)
+                     with log w_j = E(tau_j) - log pi_old(tau_j), E = s (the loss's own score);
+                     prm.is_base=policy drops the - log pi_old (the base measure is pi_old itself)
       prime          BCE(sigmoid(R_j), r_o(j)) / #rollouts over rollouts (R = sum of token rewards)
       orm            BCE(sigmoid(s_j), r_o(j)) / #rollouts (outcome-supervised, mean score)
       discriminator  BCE(sigmoid(s_j), [j is expert]) / #trajectories
@@ -174,7 +175,7 @@ def trajectory_loss_terms(pc: PRMConfig, mb: Batch, s_roll):
     pos_roll = correct if pc.pseudo_experts else jnp.zeros_like(correct)
     neg = (~correct & rolled) if pc.negatives == "failed" else rolled
 
-    log_w = s_roll - losses.masked_sum(mb.sampler_logp_GKT, mb.rollout_mask_GKT, axis=-1)
+    log_w = s_roll if pc.is_base == "policy" else s_roll - losses.masked_sum(mb.sampler_logp_GKT, mb.rollout_mask_GKT, axis=-1)
     log_w = losses.shape_log_weights(log_w, jnp.sum(mb.rollout_mask_GKT, -1), neg, length_norm=pc.is_length_norm,
                                      temperature=pc.is_temperature, clip=pc.is_clip)
     c_rep, w_hat, ess, ess_frac = losses.repirl_coefficients(log_w, jnp.concatenate([pos_roll, expert], 1), neg,

@@ -19,7 +19,9 @@ def test_demo_end_to_end(tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     report = (w / "report.md").read_text()
-    for needle in ("| start |", "| rloo |", "| repirl |", "held-out pass@1 (greedy) [95% CI]", "repirl - rloo"):
+    for needle in ("| start |", "| rloo |", "| repirl |", "held-out pass@1 (greedy) [95% CI]", "repirl - rloo",
+                   "PRM ranking (within problem)", "PRM step AUROC", "PRM best-of-2", "maj@2", "| hash |",
+                   "| logprob |"):
         assert needle in report, report
     assert "| repirl |" in r.stdout  # the table is printed at the end
     assert (w / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from repirl_jax import models, sampling
+from repirl_jax import models, prm, sampling
 from repirl_jax import train_step as ts
 from repirl_jax.config import MeshConfig, OptimConfig, PolicyConfig, PRMConfig
 from repirl_jax.sharding import Layout
@@ -88,7 +88,9 @@ def test_sharded_step_equals_single_device(form, loss, score, shape):
 
 @pytest.mark.parametrize("form,loss,alpha_o", [("head", "repirl", 1.0), ("implicit", "repirl", 1.0),
                                                ("shared", "repirl", 1.0), ("head", "discriminator", 1.0),
-                                               ("implicit", "prime", 1.0), ("head", "repirl", 0.0)])
+                                               ("implicit", "prime", 1.0), ("head", "repirl", 0.0),
+                                               ("head_logprob", "repirl", 1.0), ("head", "orm", 1.0),
+                                               ("head", "oracle", 1.0)])
 def test_every_variant_steps_without_nan_or_retrace(form, loss, alpha_o):
     """alpha_o = 0: PRM-only reward plus the format reward (test-time-training style)."""
     rng = np.random.RandomState(1)
@@ -98,6 +100,9 @@ def test_every_variant_steps_without_nan_or_retrace(form, loss, alpha_o):
     batches = [synthetic_batch(rng) for _ in range(3)]
     for b in batches:
         b.format_GK = -(rng.rand(*b.format_GK.shape) < 0.3).astype(np.float32)
+        if loss == "oracle":  # exact step labels: right up to a first wrong token
+            b.step_ok_GKT = (np.arange(b.rollout_GKT.shape[-1]) < rng.randint(0, 6, b.outcome_GK.shape)[..., None]
+                             ).astype(np.float32)
     state, metrics, step = run_steps(cfg, None, batches)
     assert step.traces() == 1 and int(state.step) == 3
     assert not np.array_equal(state.rng, ts.init_state(cfg, fresh_params(0), fresh_params(1)).rng)
@@ -213,3 +218,19 @@ def test_non_finite_step_is_rejected_and_state_kept():
     assert trees_equal(jax.tree.map(np.asarray, state), before)  # step counter and rng too
     state, m = step(state, synthetic_batch(rng))
     assert float(m["step_ok"]) == 1.0 and int(state.step) == 2 and step.traces() == 1
+
+
+def test_head_logprob_form_adds_the_trunk_log_prob():
+    """head_logprob: r_t = w . h_t + b + c log p_trunk(a_t | s_t); with w = b = 0, c = 1 it is the
+    trunk's own token log-prob (prm.response_logprobs), and at init it is 0 like the plain head."""
+    rng = np.random.RandomState(5)
+    b = synthetic_batch(rng)
+    trunk = fresh_params(1)
+    params = prm.init_params("head_logprob", CFG, trunk)
+    seqs = prm.build_seqs(b.prompt_GP, b.prompt_mask_GP, b.rollout_GKT, b.rollout_mask_GKT)
+    r0 = prm.token_rewards("head_logprob", 0.05, CFG, CFG, params, None, None, seqs)
+    assert not np.any(np.asarray(r0))
+    params["head"]["c"] = jax.numpy.float32(1.0)
+    r1 = prm.token_rewards("head_logprob", 0.05, CFG, CFG, params, None, None, seqs)
+    lp, _ = prm.response_logprobs(CFG, trunk, seqs)
+    np.testing.assert_allclose(np.asarray(r1), np.asarray(lp), atol=1e-5)
