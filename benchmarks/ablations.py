@@ -1,6 +1,6 @@
 """Ablation sweep on the demo's setup (issue 7): which parts of rePIRL matter, with CIs.
 
-    python -m benchmarks.ablations [--steps 600] [--seeds 3] [--out docs/results.md] [--workdir runs/ablations]
+    python -m benchmarks.ablations [--steps 200] [--seeds 3] [--out docs/results.md] [--workdir runs/ablations]
                                    [--variants rloo,repirl,...] [--bon-samples 16] [--set warmup.steps=20 ...]
 
 The demo's imitation warm-up (`demo.warmup`) is built once; every variant then runs `loop.run` from
@@ -55,9 +55,9 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "process_adv=last": (["policy.process_adv=last"], "the PRM's trajectory score on the last token, group-baselined"),
     "form_shared": (["prm.form=shared"], "rePIRL with the head on the policy's trunk"),
 }
-# the demo's size (repirl_jax/demo.py default_config: 600 RL steps, 400 held-out problems); below it
+# the demo's size (repirl_jax/demo.py default_config: 200 RL steps, 400 held-out problems); below it
 # the file says "toy"
-FULL = dict(steps=600, seeds=3, n_test=400, bon=16)
+FULL = dict(steps=200, seeds=3, n_test=400, bon=16)
 log = logging.getLogger("ablations")
 
 

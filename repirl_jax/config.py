@@ -115,6 +115,7 @@ class PRMConfig:
     is_scope: str = "prompt"  # per-prompt partition function (ALGORITHM.md section 3) | batch (ablation)
     reward_l2: float = 0.0  # [ours] L2 on token rewards, keeps the energy bounded
     beta: float = 0.05  # implicit form: r = beta * (log pi_phi - log pi_ref)
+    head_scale: float = 1.0  # [ours] head forms: r = head_scale * (w . h + b ...), a head lr multiplier under Adam
     minibatches: int = 1  # PRM updates per step (groups split evenly)
     microbatches: int = 1  # gradient accumulation inside a minibatch
     optim: OptimConfig = OptimConfig(lr=3e-8, grad_clip=10.0)
@@ -129,6 +130,7 @@ class PRMConfig:
         _check(self, "is_temperature", self.is_temperature > 0, "must be > 0")
         _check(self, "is_clip", self.is_clip >= 0, "must be >= 0")
         _check(self, "beta", self.beta > 0, "must be > 0")
+        _check(self, "head_scale", self.head_scale > 0, "must be > 0")
         _check(self, "minibatches", self.minibatches >= 1, "must be >= 1")
         _check(self, "microbatches", self.microbatches >= 1, "must be >= 1")
 

@@ -54,20 +54,22 @@ class PRMScorer:
     cfg: ModelConfig
     params: dict  # prm.init_params layout: {"trunk", "head"} | {"lm"} | {"head"}
     ref: dict | None = None  # implicit: the frozen reference LM
+    scale: float = 1.0  # prm.head_scale of the run
 
     @classmethod
     def load(cls, final_dir: str, policy: tuple[ModelConfig, dict] | None = None) -> "PRMScorer":
         with open(os.path.join(final_dir, "prm.json")) as f:
             meta = json.load(f)
+        scale = float(meta.get("head_scale", 1.0))
         head = dict(np.load(os.path.join(final_dir, "prm_head.npz")))
         head = {k: jnp.asarray(v) for k, v in head.items()}
         if meta["form"] == "shared":
             if policy is None:
                 raise ValueError(f"{final_dir}: a shared-trunk PRM scores with the policy's trunk: pass the policy")
-            return cls("shared", meta["beta"], policy[0], {"head": head, "trunk": policy[1]})
+            return cls("shared", meta["beta"], policy[0], {"head": head, "trunk": policy[1]}, scale=scale)
         cfg, lm = models.load(os.path.join(final_dir, "prm"))
         if meta["form"] in ("head", "head_logprob"):
-            return cls(meta["form"], meta["beta"], cfg, {"trunk": lm, "head": head})
+            return cls(meta["form"], meta["beta"], cfg, {"trunk": lm, "head": head}, scale=scale)
         if not meta.get("ref"):
             raise ValueError(f"{final_dir}: an implicit PRM of a random tiny model; its reference cannot be reloaded")
         _, ref = models.load(meta["ref"])
@@ -77,7 +79,7 @@ class PRMScorer:
         """[P * n, T] token rewards of responses (n per prompt), masked to 0 past each response."""
         P = sampling.bucket(max(len(x) for x in prompt_ids))
         ptoks, pmask = sampling.left_pad(prompt_ids, P)
-        r = _rewards(self.form, self.beta, self.cfg, self.params, self.ref, ptoks, pmask,
+        r = _rewards(self.form, self.beta, self.scale, self.cfg, self.params, self.ref, ptoks, pmask,
                      tokens_NT.reshape(len(prompt_ids), n, -1), mask_NT.reshape(len(prompt_ids), n, -1))
         return np.where(mask_NT, np.asarray(r), 0.0)
 
@@ -87,11 +89,11 @@ class PRMScorer:
         return (r.sum(1) / np.maximum(mask_NT.sum(1), 1)).reshape(len(prompt_ids), n)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _rewards(form, beta, cfg, params, ref, ptoks, pmask, resp_GNT, rmask_GNT):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _rewards(form, beta, scale, cfg, params, ref, ptoks, pmask, resp_GNT, rmask_GNT):
     seqs = prm.build_seqs(ptoks, pmask, resp_GNT, rmask_GNT)
     trunk = params.get("trunk")
-    return prm.token_rewards(form, beta, cfg, cfg, params, trunk, ref, seqs)
+    return prm.token_rewards(form, beta, cfg, cfg, params, trunk, ref, seqs, head_scale=scale)
 
 
 

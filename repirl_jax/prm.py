@@ -82,7 +82,7 @@ def response_logprobs(cfg: ModelConfig, params: dict, seqs: Seqs, layout=None, c
     return token_logprobs(h if temperature == 1.0 else h / temperature, w, seqs.tokens[:, seqs.P:], chunk)
 
 
-def _head_rewards(cfg, trunk, head, seqs, layout, chunk: int = 0):
+def _head_rewards(cfg, trunk, head, seqs, layout, chunk: int = 0, scale: float = 1.0):
     h_BLD, _ = transformer.hidden_states(cfg, trunk, seqs.tokens, positions_BL=seqs.positions,
                                          valid_BS=seqs.valid, layout=layout)
     r = jnp.einsum("btd,d->bt", h_BLD[:, seqs.P:].astype(jnp.float32), head["w"]) + head["b"]
@@ -90,17 +90,20 @@ def _head_rewards(cfg, trunk, head, seqs, layout, chunk: int = 0):
         w = trunk["embed"] if cfg.tie_word_embeddings else trunk["lm_head"]
         lp, _ = token_logprobs(h_BLD[:, seqs.P - 1:-1], w, seqs.tokens[:, seqs.P:], chunk)
         r = r + head["c"] * lp
-    return r
+    return r if scale == 1.0 else scale * r
 
 
 def token_rewards(form: str, beta: float, prm_cfg: ModelConfig, policy_cfg: ModelConfig, prm_params: dict,
-                  policy_params: dict, ref_params: dict | None, seqs: Seqs, layout=None, chunk: int = 0):
-    """r_phi(s_t, a_t) for every response token, float32 [B, T] (mask it with the response mask)."""
+                  policy_params: dict, ref_params: dict | None, seqs: Seqs, layout=None, chunk: int = 0,
+                  head_scale: float = 1.0):
+    """r_phi(s_t, a_t) for every response token, float32 [B, T] (mask it with the response mask).
+    head_scale multiplies a head form's output: with Adam every parameter moves ~lr per step, so a
+    zero-initialised head's rewards grow head_scale times faster (a head learning-rate multiplier)."""
     if form in ("head", "head_logprob"):
-        return _head_rewards(prm_cfg, prm_params["trunk"], prm_params["head"], seqs, layout, chunk)
+        return _head_rewards(prm_cfg, prm_params["trunk"], prm_params["head"], seqs, layout, chunk, head_scale)
     if form == "shared":
         trunk = jax.lax.stop_gradient(policy_params)
-        return _head_rewards(policy_cfg, trunk, prm_params["head"], seqs, layout)
+        return _head_rewards(policy_cfg, trunk, prm_params["head"], seqs, layout, 0, head_scale)
     if form == "implicit":
         lp, _ = response_logprobs(prm_cfg, prm_params["lm"], seqs, layout, chunk)
         lp_ref, _ = response_logprobs(prm_cfg, jax.lax.stop_gradient(ref_params), seqs, layout, chunk)

@@ -219,7 +219,7 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
 
     def rewards(prm_params, policy_params, ref, seqs):
         return prm.token_rewards(pc.form, pc.beta, prm_cfg, pol_cfg, prm_params, policy_params, ref, seqs,
-                                 layout, qc.logit_chunk)
+                                 layout, qc.logit_chunk, pc.head_scale)
 
     # ---------------------------------------------------------------- PRM
     def prm_minibatch(carry, mb):

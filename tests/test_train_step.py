@@ -234,3 +234,5 @@ def test_head_logprob_form_adds_the_trunk_log_prob():
     r1 = prm.token_rewards("head_logprob", 0.05, CFG, CFG, params, None, None, seqs)
     lp, _ = prm.response_logprobs(CFG, trunk, seqs)
     np.testing.assert_allclose(np.asarray(r1), np.asarray(lp), atol=1e-5)
+    r2 = prm.token_rewards("head_logprob", 0.05, CFG, CFG, params, None, None, seqs, head_scale=2.0)
+    np.testing.assert_allclose(np.asarray(r2), 2 * np.asarray(lp), atol=1e-5)  # the head lr multiplier
