@@ -240,8 +240,7 @@ def repirl_coefficients(log_w_GK, pos_GN, neg_GK, *, scope: str = "prompt", weig
     weighted=False replaces w_hat by uniform weights over N_x (or N). A constant added to every
     score of one prompt leaves the prompt-scope loss unchanged (both sets of weights sum to 1).
     Returns (c [G, N], w_hat [G, K] (summing to 1 over each N_x, or over N), ess, ess / |N|):
-    ess = 1 / sum w_hat^2, per prompt averaged
-    over X (prompt scope) or of the batch."""
+    ess = 1 / sum w_hat^2, per prompt averaged over X (prompt scope) or of the batch."""
     K = neg_GK.shape[1]
     pos, neg = pos_GN.astype(jnp.float32), neg_GK.astype(bool)
     if scope == "batch":
@@ -284,12 +283,6 @@ def discriminator_loss(s_expert, expert_mask, s_policy, policy_mask):
     n = jnp.maximum(jnp.sum(expert_mask) + jnp.sum(policy_mask), 1)
     return (masked_sum(bce_with_logits(s_expert, 1.0), expert_mask)
             + masked_sum(bce_with_logits(s_policy, 0.0), policy_mask)) / n
-
-
-def token_bce_loss(r_BT, label_BT, mask_BT, weight_B):
-    """Oracle PRM (supervised by exact step labels): sum_b weight_b sum_t m_bt BCE(sigmoid(r_bt), y_bt),
-    y_bt = 1 when token t's step is on the correct path."""
-    return jnp.sum(weight_B * masked_sum(bce_with_logits(r_BT, label_BT), mask_BT, axis=-1))
 
 
 def ranking_accuracy(s_GK, outcome_GK, valid_GK):

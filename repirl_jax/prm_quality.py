@@ -41,12 +41,6 @@ def hash_score(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0 ** 64
 
 
-def n_steps(text: str) -> int:
-    """Lines of a response, a trailing empty piece dropped: the steps of chain.StepLabels."""
-    lines = text.split("\n")
-    return len(lines) - 1 if len(lines) > 1 and not lines[-1].strip() else len(lines)
-
-
 def _fill(x: np.ndarray) -> np.ndarray:
     """NaN entries take the nearest earlier real value (the first real one when none is earlier);
     all NaN -> zeros."""
@@ -58,11 +52,11 @@ def _fill(x: np.ndarray) -> np.ndarray:
 
 
 def step_values(values_ST, mask_ST, step_of: list[np.ndarray], texts: list[str]) -> list[np.ndarray]:
-    """Per sample, [n_steps(text)] mean of `values` over each step's own tokens (steps.step_scores).
+    """Per sample, [len(chain.response_lines(text))] mean of `values` over each step's own tokens (steps.step_scores).
     Tokens past the last step (an EOS after a final newline) are left out. A step with no token of
     its own (a merged "\\n\\n" token leaves an empty line) takes the step score before it, so
     thresholds and minima see no NaN."""
-    return [_fill(steps.step_scores(np.asarray(v, np.float64)[m], so, n_steps(t)))
+    return [_fill(steps.step_scores(np.asarray(v, np.float64)[m], so, len(chain.response_lines(t))))
             for v, m, so, t in zip(values_ST, mask_ST, step_of, texts)]
 
 

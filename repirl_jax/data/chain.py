@@ -130,15 +130,19 @@ def _norm(line: str) -> str:
     return re.sub(r"\s+", "", line)
 
 
+def response_lines(response: str) -> list[str]:
+    """The steps of a response: its lines, a trailing empty piece (a final newline) dropped."""
+    lines = response.split("\n")
+    return lines[:-1] if len(lines) > 1 and not lines[-1].strip() else lines
+
+
 def step_labels(problem: Problem, response: str) -> StepLabels:
     """Exact step labels of `response` to a chain problem (see StepLabels)."""
     want = problem.meta.get("lines") if problem.source == "chain" else None
     if not want:
         raise ValueError(f"step_labels: problem {problem.id!r} (source {problem.source!r}) has no exact step "
                          "labels; only chain-task problems do")
-    lines = response.split("\n")
-    if lines and not lines[-1].strip() and len(lines) > 1:
-        lines = lines[:-1]
+    lines = response_lines(response)
     ok, good = [], True
     for i, line in enumerate(lines):
         good = good and i < len(want) and _norm(line) == _norm(want[i])
