@@ -115,7 +115,8 @@ class PRMConfig:
     is_scope: str = "prompt"  # per-prompt partition function (ALGORITHM.md section 3) | batch (ablation)
     reward_l2: float = 0.0  # [ours] L2 on token rewards, keeps the energy bounded
     beta: float = 0.05  # implicit form: r = beta * (log pi_phi - log pi_ref)
-    head_scale: float = 1.0  # [ours] head forms: r = head_scale * (w . h + b ...), a head lr multiplier under Adam
+    head_scale: float = 1.0  # [ours] head forms: r = head_scale * (w . h + b) (+ c log p), a head lr multiplier under Adam
+    logprob_init: float = 0.0  # [ours] head_logprob: c at init; 1 starts R at the trunk's log-likelihood (prm.py)
     minibatches: int = 1  # PRM updates per step (groups split evenly)
     microbatches: int = 1  # gradient accumulation inside a minibatch
     optim: OptimConfig = OptimConfig(lr=3e-8, grad_clip=10.0)
@@ -197,6 +198,7 @@ class DataConfig:
     style: str = "words"  # chain task: words | symbols (compact: "7 *3 -4 (mod 10)", lines "7*3=1")
     ops: str = "+-*"  # chain task: the operations drawn from
     operand_max: int = 0  # chain task: operands in 1..operand_max (0: 1..modulus-1, or the integer rules)
+    additive_run: int = 0  # chain task: at most this many + / - steps in a row (0: no limit; see data/chain.py)
     n_train: int = 256
     n_test: int = 32
     seed: int = 0

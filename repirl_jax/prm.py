@@ -6,10 +6,15 @@
             the initial PRM LM (params: lm; the reference lives in TrainState.prm_ref)
   shared    r_t = w . h_t + b on the policy's own trunk, gradients to the head only (params: head)
   head_logprob [ours]  r_t = w . h_t + b + c log p_trunk(a_t | s_t): the head form plus the trunk's own
-            LM log-prob of the token as a feature, c zero-initialised. A slipped token is one the
-            trunk did not predict; the plain head must grow a circuit comparing a_t with the
-            prediction made one position earlier, this form reads it off the LM head (params: trunk,
-            head with w, b, c)
+            LM log-prob of the token as a feature, c initialised to prm.logprob_init. A slipped
+            token is one the trunk did not predict; the plain head must grow a circuit comparing a_t
+            with the prediction made one position earlier, this form reads it off the LM head
+            (params: trunk, head with w, b, c). With c = 1 and a zero head the energy starts as the
+            trunk's log-likelihood, R_0(tau) = log pi_trunk(tau | x): the EBM starts at the
+            imitation-trained model, and with the policy initialised from the same checkpoint the IS
+            weights R - log pi_old start uniform (score=sum) instead of all on the least likely
+            failure; training learns the correction w . h + b and the scale c. (head_scale scales
+            w . h + b only: c starts at its value, not at zero.)
 """
 from __future__ import annotations
 
@@ -52,11 +57,13 @@ def head_axes(form: str = "head") -> dict:
     return {"w": ("embed",), "b": ()} | ({"c": ()} if form == "head_logprob" else {})
 
 
-def init_params(form: str, prm_cfg: ModelConfig, trunk_params: dict | None) -> dict:
-    """PRM params: the trunk (a checkpoint's LM params) for head / implicit, plus a zero head."""
+def init_params(form: str, prm_cfg: ModelConfig, trunk_params: dict | None, logprob_init: float = 0.0) -> dict:
+    """PRM params: the trunk (a checkpoint's LM params) for head / implicit, plus a zero head
+    (head_logprob: c = logprob_init)."""
     if form in ("head", "head_logprob"):
         head = head_init(prm_cfg.hidden_size)
-        return {"trunk": trunk_params, "head": head | ({"c": jnp.zeros((), jnp.float32)} if form == "head_logprob" else {})}
+        c = {"c": jnp.full((), logprob_init, jnp.float32)} if form == "head_logprob" else {}
+        return {"trunk": trunk_params, "head": head | c}
     if form == "implicit":
         return {"lm": trunk_params}
     if form == "shared":
@@ -86,18 +93,19 @@ def _head_rewards(cfg, trunk, head, seqs, layout, chunk: int = 0, scale: float =
     h_BLD, _ = transformer.hidden_states(cfg, trunk, seqs.tokens, positions_BL=seqs.positions,
                                          valid_BS=seqs.valid, layout=layout)
     r = jnp.einsum("btd,d->bt", h_BLD[:, seqs.P:].astype(jnp.float32), head["w"]) + head["b"]
+    r = r if scale == 1.0 else scale * r
     if "c" in head:  # head_logprob: + c log p_trunk(a_t | s_t), from the position before a_t
         w = trunk["embed"] if cfg.tie_word_embeddings else trunk["lm_head"]
         lp, _ = token_logprobs(h_BLD[:, seqs.P - 1:-1], w, seqs.tokens[:, seqs.P:], chunk)
         r = r + head["c"] * lp
-    return r if scale == 1.0 else scale * r
+    return r
 
 
 def token_rewards(form: str, beta: float, prm_cfg: ModelConfig, policy_cfg: ModelConfig, prm_params: dict,
                   policy_params: dict, ref_params: dict | None, seqs: Seqs, layout=None, chunk: int = 0,
                   head_scale: float = 1.0):
     """r_phi(s_t, a_t) for every response token, float32 [B, T] (mask it with the response mask).
-    head_scale multiplies a head form's output: with Adam every parameter moves ~lr per step, so a
+    head_scale multiplies a head form's w . h + b: with Adam every parameter moves ~lr per step, so a
     zero-initialised head's rewards grow head_scale times faster (a head learning-rate multiplier)."""
     if form in ("head", "head_logprob"):
         return _head_rewards(prm_cfg, prm_params["trunk"], prm_params["head"], seqs, layout, chunk, head_scale)

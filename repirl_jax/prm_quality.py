@@ -135,16 +135,21 @@ def dev_split(P: int, seed: int) -> np.ndarray:
 
 def step_metrics(step_scores: list[np.ndarray], labels: list[chain.StepLabels], N: int, seed: int = 0) -> dict:
     """Step-level quality of one scorer's step scores against exact labels, summary entries:
-    step_auroc   AUROC of every step's score vs its ok label, over all steps of all samples
+    step_auroc   AUROC of every step's prefix score vs its ok label, over all steps of all samples.
+                 The label says whether the whole prefix through step i is right (chain.StepLabels),
+                 so the score is the prefix's too: min_{j <= i} of the step scores, the prm_min rule
+                 ("a chain is as good as its worst step"). A local step score would call the right
+                 steps after a slip good, which the label calls wrong.
     fws_*        ProcessBench first-wrong-step scoring (evaluate.first_wrong_step_metrics):
-                 prediction = the first step with score < tau, None when there is none; tau
+                 prediction = the first step with score < tau (local and prefix scores give the
+                 same first step), None when there is none; tau
                  maximises F1 on a seeded dev half of the problems (evaluate.pick_threshold, as
                  champ_eval does), the metrics are on the other half; fws_tau is that tau.
                  A sample whose steps are all right but stop short of the solution has a label
                  past its last step, which no prediction can hit: it is left out (fws_n counts
                  the samples scored on the test half).
     """
-    s = np.concatenate(step_scores)
+    s = np.concatenate([np.minimum.accumulate(x) for x in step_scores])
     y = np.concatenate([lab.ok for lab in labels]).astype(bool)
     if s.shape != y.shape:
         raise ValueError(f"step_metrics: {s.size} step scores for {y.size} labelled steps")

@@ -30,11 +30,20 @@ def token_steps(tok, ids) -> np.ndarray:
 
 
 def labels(problem, tok, ids) -> tuple[chain.StepLabels, np.ndarray]:
-    """(the response's exact StepLabels, [T] float 1/0: token's step is on the correct path)."""
+    """(the response's exact StepLabels, [T] float per token: 1 its step is on the correct path,
+    0 its step is the first wrong one, -1 a later step). Later steps are wrong by the prefix rule,
+    but whether they are themselves right is undefined there (PRM800K and ProcessBench stop
+    labelling at the first error): a token-level PRM that flags the slip is right, and one asked to
+    also flag every later token must carry "a slip happened" forward, which the trajectory score
+    and the prefix aggregation (min over steps) already do. A step past the last line (an empty
+    tail holding EOS) counts as wrong."""
     text = tok.decode(list(ids), skip_special_tokens=True)
     lab = chain.step_labels(problem, text)
-    ok = np.array(lab.ok + [False], np.float32)  # a step past the last line (empty tail) is not ok
-    return lab, ok[np.minimum(token_steps(tok, ids), len(lab.ok))]
+    ok = np.array(lab.ok + [False], np.float32)
+    of = np.minimum(token_steps(tok, ids), len(lab.ok))
+    tok_lab = ok[of]
+    first = len(lab.ok) if lab.first_wrong is None else lab.first_wrong
+    return lab, np.where(of > first, -1.0, tok_lab).astype(np.float32)
 
 
 def step_scores(r_T: np.ndarray, step_of_T: np.ndarray, n_steps: int) -> np.ndarray:

@@ -40,7 +40,7 @@ class Batch:
     format_GK: jax.Array  # float32 format reward added to the outcome source (0 when unused)
     expert_GET: jax.Array  # int32 expert responses
     expert_mask_GET: jax.Array  # bool; an all-false row is a missing expert
-    step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token (prm.loss=oracle only)
+    step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token, 1 / 0 / -1 (steps.labels; prm.loss=oracle only)
 
     def axes(self) -> "Batch":
         """Logical axes of every field (the leading G dimension is the sharded batch)."""
@@ -98,7 +98,7 @@ def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
 def init_state(cfg: StepConfig, policy_params: dict, prm_trunk_params: dict | None, seed: int = 0) -> TrainState:
     """prm_trunk_params: the PRM checkpoint's LM params (head / implicit); ignored for shared.
     The state takes ownership of the params (the step donates them)."""
-    prm_params = prm.init_params(cfg.prm.form, cfg.prm_model, prm_trunk_params)
+    prm_params = prm.init_params(cfg.prm.form, cfg.prm_model, prm_trunk_params, cfg.prm.logprob_init)
     copy = lambda t: jax.tree.map(jnp.copy, t)
     return TrainState(
         step=jnp.zeros((), jnp.int32), policy=policy_params, prm=prm_params,
@@ -165,7 +165,8 @@ def trajectory_loss_terms(pc: PRMConfig, mb: Batch, s_roll):
       prime          BCE(sigmoid(R_j), r_o(j)) / #rollouts over rollouts (R = sum of token rewards)
       orm            BCE(sigmoid(s_j), r_o(j)) / #rollouts (outcome-supervised, mean score)
       discriminator  BCE(sigmoid(s_j), [j is expert]) / #trajectories
-      oracle         sum_t BCE(sigmoid(r_t), y_t) / #tokens, y = exact step labels (experts: 1)
+      oracle         sum_t BCE(sigmoid(r_t), y_t) / #labelled tokens, y = exact step labels (experts: 1),
+                     through the first wrong step (y = -1 after it: not trained on, steps.labels)
     Returns (l, constants [g, K + E, ...], the sets and weights for the metrics)."""
     g, K = mb.outcome_GK.shape
     E = mb.expert_GET.shape[1]
@@ -196,9 +197,9 @@ def trajectory_loss_terms(pc: PRMConfig, mb: Batch, s_roll):
             consts = jnp.stack([wt, y], axis=-1)
             traj_loss = lambda s, R, r, m, c, y: c[..., 0] * losses.bce_with_logits(s, c[..., 1])
         case "oracle":
-            n_tok = jnp.sum(mb.rollout_mask_GKT) + jnp.sum(mb.expert_mask_GET)
+            n_tok = jnp.sum(mb.rollout_mask_GKT & (mb.step_ok_GKT >= 0)) + jnp.sum(mb.expert_mask_GET)
             consts = jnp.ones((g, K + E)) / jnp.maximum(n_tok, 1)
-            traj_loss = lambda s, R, r, m, c, y: c * losses.masked_sum(losses.bce_with_logits(r, y), m, axis=-1)
+            traj_loss = lambda s, R, r, m, c, y: c * losses.masked_sum(losses.bce_with_logits(r, y), m & (y >= 0), axis=-1)
     return traj_loss, consts, dict(pos_roll=pos_roll, neg=neg, expert=expert, w_hat=w_hat, ess=ess, ess_frac=ess_frac)
 
 

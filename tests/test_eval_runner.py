@@ -166,14 +166,15 @@ def test_first_wrong_step_metrics_on_a_tiny_case():
     assert prm_quality.dev_split(4, seed=0).tolist() == [True, False, True, False]
     labels = [chain.StepLabels(["a"] * 3, ok, fw) for ok, fw in
               [([True] * 3, None), ([True] * 3, None), ([True, False, False], 1), ([False] * 3, 0)]]
-    scores = [np.array(x) for x in ([1, 1, 1], [0.9, 0.4, 0.9], [1, 0, 0], [0.2, 0.9, 0.9])]
+    scores = [np.array(x) for x in ([1, 1, 1], [0.9, 0.1, 0.9], [1, 0, 0], [0.2, 0.9, 0.9])]
     m = prm_quality.step_metrics(scores, labels, 1, seed=0)
     # dev: candidates -1, 0.5, 2 give F1 0, 1, 0 -> tau 0.5; test: sample 1 predicted 1 (label
     # None: miss), sample 3 predicted 0 (hit)
     assert m["fws_tau"] == (0.5,) and m["fws_n"] == (2.0,)
     assert (m["fws_accuracy"], m["fws_error_acc"], m["fws_correct_acc"], m["fws_f1"]) == ((0.5,), (1.0,), (0.0,), (0.0,))
-    # all 12 steps: ok scores 1,1,1,1,.9,.4,.9 vs wrong 0,0,.2,.9,.9: 4 * 5 + 2 * (3 + 2 / 2) + 3 of 35 pairs
-    assert m["step_auroc"][0] == pytest.approx(31 / 35)
+    # all 12 steps by prefix score (running min): ok 1,1,1,1,.9,.1,.1 vs wrong 0,0,.2,.2,.2
+    # (sample 3's .9s follow its wrong first step): 4 * 5 + 5 + 2 * 2 of 35 pairs
+    assert m["step_auroc"][0] == pytest.approx(29 / 35)
 
 
 def test_a_stopped_short_sample_is_left_out_of_first_wrong_step():

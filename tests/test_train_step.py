@@ -100,9 +100,9 @@ def test_every_variant_steps_without_nan_or_retrace(form, loss, alpha_o):
     batches = [synthetic_batch(rng) for _ in range(3)]
     for b in batches:
         b.format_GK = -(rng.rand(*b.format_GK.shape) < 0.3).astype(np.float32)
-        if loss == "oracle":  # exact step labels: right up to a first wrong token
-            b.step_ok_GKT = (np.arange(b.rollout_GKT.shape[-1]) < rng.randint(0, 6, b.outcome_GK.shape)[..., None]
-                             ).astype(np.float32)
+        if loss == "oracle":  # exact step labels: right, then the first wrong step (0), then unlabelled (-1)
+            t, k = np.arange(b.rollout_GKT.shape[-1]), rng.randint(0, 6, b.outcome_GK.shape)[..., None]
+            b.step_ok_GKT = np.where(t < k, 1.0, np.where(t < k + 2, 0.0, -1.0)).astype(np.float32)
     state, metrics, step = run_steps(cfg, None, batches)
     assert step.traces() == 1 and int(state.step) == 3
     assert not np.array_equal(state.rng, ts.init_state(cfg, fresh_params(0), fresh_params(1)).rng)
@@ -222,7 +222,8 @@ def test_non_finite_step_is_rejected_and_state_kept():
 
 def test_head_logprob_form_adds_the_trunk_log_prob():
     """head_logprob: r_t = w . h_t + b + c log p_trunk(a_t | s_t); with w = b = 0, c = 1 it is the
-    trunk's own token log-prob (prm.response_logprobs), and at init it is 0 like the plain head."""
+    trunk's own token log-prob (prm.response_logprobs), which logprob_init=1 starts from; at the
+    default init it is 0 like the plain head; head_scale scales w . h + b, not c log p."""
     rng = np.random.RandomState(5)
     b = synthetic_batch(rng)
     trunk = fresh_params(1)
@@ -230,9 +231,28 @@ def test_head_logprob_form_adds_the_trunk_log_prob():
     seqs = prm.build_seqs(b.prompt_GP, b.prompt_mask_GP, b.rollout_GKT, b.rollout_mask_GKT)
     r0 = prm.token_rewards("head_logprob", 0.05, CFG, CFG, params, None, None, seqs)
     assert not np.any(np.asarray(r0))
-    params["head"]["c"] = jax.numpy.float32(1.0)
+    params = prm.init_params("head_logprob", CFG, trunk, logprob_init=1.0)
     r1 = prm.token_rewards("head_logprob", 0.05, CFG, CFG, params, None, None, seqs)
     lp, _ = prm.response_logprobs(CFG, trunk, seqs)
     np.testing.assert_allclose(np.asarray(r1), np.asarray(lp), atol=1e-5)
+    params["head"]["b"] = jax.numpy.float32(0.5)
     r2 = prm.token_rewards("head_logprob", 0.05, CFG, CFG, params, None, None, seqs, head_scale=2.0)
-    np.testing.assert_allclose(np.asarray(r2), 2 * np.asarray(lp), atol=1e-5)  # the head lr multiplier
+    np.testing.assert_allclose(np.asarray(r2), np.asarray(lp) + 1.0, atol=1e-5)  # 2 * (w . h + b) + c log p
+
+
+def test_oracle_loss_trains_through_the_first_wrong_step_only():
+    """Tokens labelled -1 (after the first wrong step) get no gradient; the others the BCE's."""
+    rng = np.random.RandomState(5)
+    b = synthetic_batch(rng, G=2, K=2, E=2, T=6)
+    b.expert_GET, b.expert_mask_GET = b.expert_GET[:, :1], np.ones((2, 1, 6), bool)
+    b.step_ok_GKT = np.array([[[1, 1, 0, -1, -1, -1], [1, 1, 1, 1, 1, 1]]] * 2, np.float32)
+    b.rollout_mask_GKT = np.ones_like(b.rollout_mask_GKT)
+    pc = PRMConfig(loss="oracle")
+    traj_loss, consts, _ = ts.trajectory_loss_terms(pc, b, np.zeros((2, 2), np.float32))
+    y = np.concatenate([b.step_ok_GKT, np.ones((2, 1, 6), np.float32)], 1)
+    m = np.concatenate([b.rollout_mask_GKT, b.expert_mask_GET], 1)
+    r = rng.randn(2, 3, 6).astype(np.float32)
+    g = jax.grad(lambda r: jax.numpy.sum(traj_loss(None, None, r, m, consts, y)))(r)
+    assert np.all(g[:, 0, 3:] == 0) and np.all(g[:, 0, :3] != 0)
+    n = (m & (y >= 0)).sum()
+    np.testing.assert_allclose(g[m & (y >= 0)], (jax.nn.sigmoid(r) - y)[m & (y >= 0)] / n, rtol=1e-5)

@@ -14,6 +14,10 @@ makes the final answer wrong, and a guess is right about 1 time in 100, so a cor
 implies a correct process (measured in the demo report). The multiplications matter too: with
 only + and - the answer is start + a signed sum of the operands, which a small model learns to
 write from the prompt without the steps (seen: most of its correct answers had wrong steps).
+The same shortcut works on every run of + / - steps: from the last value it wrote right, a
+width-128 model adds the run's operands and lands on the right answer past wrong lines (a
+"lucky" answer: 32% of its correct samples with runs allowed, 2.7% on chains without two
++ / - steps in a row). `additive_run=1` generates only such chains.
 
 Exact step labels: `step_labels(problem, response)` compares each response line with the
 expert's line at that index; a line is on the correct path when it and every line before it
@@ -40,6 +44,7 @@ class ChainTask:
     style: str = "words"  # words: "Start with 7. Multiply by 3, ..." | symbols: "7 *3 -4 +9 (mod 10)", lines "7*3=1"
     ops: str = "+-*"  # the operations drawn from (a subset of "+-*")
     operand_max: int = 0  # > 0: operands drawn from 1..operand_max; 0: 1..modulus-1 (or the integer rules)
+    additive_run: int = 0  # > 0: at most this many + / - steps in a row (then a multiplication); 0: no limit
 
     def __post_init__(self):
         if not 1 <= self.min_steps <= self.max_steps:
@@ -56,16 +61,22 @@ class ChainTask:
                 and not any(math.gcd(k, self.modulus) == 1 for k in range(2, self.operand_max + 1))):
             raise ValueError(f"ChainTask: ops has '*' but no multiplier in 2..operand_max={self.operand_max} is "
                              f"coprime to modulus={self.modulus}")
+        if self.additive_run < 0 or (self.additive_run and "*" not in self.ops):
+            raise ValueError(f"ChainTask: additive_run={self.additive_run} needs ops with '*' (a run of + / - "
+                             f"steps ends in a multiplication) and must be >= 0; ops={self.ops!r}")
 
 
 def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus: int = 0,
-                 instruction: bool = True, style: str = "words", ops: str = "+-*", operand_max: int = 0) -> Problem:
+                 instruction: bool = True, style: str = "words", ops: str = "+-*", operand_max: int = 0,
+                 additive_run: int = 0) -> Problem:
     m = modulus
     value = rng.randint(0, m - 1) if m else rng.randint(2, 20)
     phrases, lines = [], []
     choices = [o for o in OPS if o[1] in ops]
+    run = 0  # + / - steps in a row so far
     for _ in range(steps):
-        word, sym = rng.choice(choices)
+        word, sym = OPS[2] if additive_run and run >= additive_run else rng.choice(choices)
+        run = 0 if sym == "*" else run + 1
         if operand_max and sym == "*" and m:  # multipliers coprime to m: every step is a bijection
             x = rng.choice([k for k in range(2, operand_max + 1) if math.gcd(k, m) == 1])
         elif operand_max:
@@ -98,7 +109,7 @@ def _generate(task: ChainTask, split: str, n: int, exclude: set[str]) -> list[Pr
             raise ValueError(f"ChainTask: cannot find {n} distinct {split} problems with steps "
                              f"{task.min_steps}..{task.max_steps}; ask for fewer")
         p = make_problem(rng, rng.randint(task.min_steps, task.max_steps), split, len(out), task.modulus,
-                         task.instruction, task.style, task.ops, task.operand_max)
+                         task.instruction, task.style, task.ops, task.operand_max, task.additive_run)
         if p.prompt not in seen:
             seen.add(p.prompt)
             out.append(p)

@@ -1,5 +1,6 @@
 """DataConfig -> problems (chain variants, file tasks with held-out splits), the demo's word-level
 tokenizer, and verification dispatched by problem kind."""
+import dataclasses
 import json
 import re
 
@@ -141,6 +142,25 @@ def test_mod100_chain_is_bijective_and_labels_are_exact():
         assert lab.first_wrong == 0 and not any(lab.ok)
 
 
+def test_additive_run_limits_runs_of_plus_minus():
+    """additive_run=1: never two + / - steps in a row (the sum shortcut of data/chain.py), still
+    every operation drawn; 0 leaves the generator exactly as before."""
+    task = chain.ChainTask(5, 7, 1, 100, instruction=False, style="symbols", operand_max=9)
+    alt = dataclasses.replace(task, additive_run=1)
+    runs = []
+    for p in chain.splits(alt, 300, 10)[0]:
+        syms = re.findall(r"([+*-])\d", p.prompt)
+        assert len(syms) == p.meta["steps"] and replay(p, 100) == int(p.gold)
+        assert "++" not in "".join(s if s == "*" else "+" for s in syms)
+        runs.append("".join(syms))
+    assert {"+", "-", "*"} <= set("".join(runs)) and any("**" in r for r in runs)
+    plain = chain.splits(task, 300, 10)[0]
+    assert any("++" in "".join("*" if s == "*" else "+" for s in re.findall(r"([+*-])\d", p.prompt)) for p in plain)
+    assert [p.prompt for p in plain] == [p.prompt for p in chain.splits(dataclasses.replace(task, additive_run=0), 300, 10)[0]]
+    with pytest.raises(ConfigError, match="data: .*additive_run=1 needs ops with"):
+        tasks.chain_task(DataConfig(modulus=100, operand_max=9, ops="+-", additive_run=1))
+
+
 def test_step_labels_refuse_other_tasks_and_bad_options():
     with pytest.raises(ValueError, match="only chain-task problems"):
         chain.step_labels(Problem(id="gsm/1", prompt="q", gold="1", source="gsm_symbolic"), "1")
@@ -165,6 +185,11 @@ def test_token_steps_follow_the_newlines():
     assert lab.first_wrong is None and tok_ok.all()
     bad = tok("\n".join(["1+1=2"] + p.meta["lines"][1:]), add_special_tokens=False)["input_ids"]
     lab, tok_ok = steps.labels(p, tok, bad)
-    assert lab.first_wrong == 0 and not tok_ok.any()
+    # the slipped first step's tokens are 0, the later steps' unlabelled (-1)
+    assert lab.first_wrong == 0 and set(tok_ok[of == 0].tolist()) == {0.0} and set(tok_ok[of > 0].tolist()) == {-1.0}
+    mid = tok("\n".join(p.meta["lines"][:1] + ["1+1=2"] + p.meta["lines"][2:]), add_special_tokens=False)["input_ids"]
+    lab, tok_ok = steps.labels(p, tok, mid)
+    of_mid = steps.token_steps(tok, mid)
+    assert lab.first_wrong == 1 and tok_ok.tolist() == [1.0 if k == 0 else 0.0 if k == 1 else -1.0 for k in of_mid]
     np.testing.assert_allclose(steps.step_scores(np.arange(len(ids), dtype=float), of, len(p.meta["lines"]))[0],
                                np.arange(len(ids))[of == 0].mean())
