@@ -42,7 +42,14 @@ import numpy as np
 
 VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "rloo": (["prm.loss=none"], "plain outcome RLOO, no PRM"),
-    "repirl": ([], "rePIRL: head PRM, per-prompt IS weights, pseudo-experts, the demo's alpha_p and process advantage"),
+    "repirl": ([], "rePIRL: head_logprob PRM started at the trunk's log-likelihood, per-prompt IS weights, "
+                   "pseudo-experts, the demo's alpha_p and process advantage"),
+    "head_zero_init": (["prm.form=head", "prm.score=mean", "prm.optim.lr=1e-3", "prm.head_scale=10"],
+                       "the paper's head: zero-initialised, mean score (the previous demo's PRM)"),
+    "logprob_init=0": (["prm.logprob_init=0"], "head_logprob with c starting at 0 (R starts at 0, IS weights on 1/pi)"),
+    "prm_lr=1e-4": (["prm.optim.lr=1e-4"], "a 10x faster PRM"),
+    "frozen_trunk": (["prm.trunk_lr_scale=0", "prm.optim.lr=1e-3"], "only the head (w, b, c) trains: a probe"),
+    "score=mean": (["prm.score=mean"], "mean token reward as the energy"),
     "oracle": (["prm.loss=oracle"], "the ceiling: a head PRM trained on the exact step labels (per-token BCE) as process reward"),
     "orm": (["prm.loss=orm"], "outcome-supervised PRM: BCE of the mean score on the verifier's outcome"),
     "prime": (["prm.form=implicit", "prm.loss=prime"], "PRIME: implicit PRM, cross-entropy on outcomes"),

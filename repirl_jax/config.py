@@ -117,6 +117,7 @@ class PRMConfig:
     beta: float = 0.05  # implicit form: r = beta * (log pi_phi - log pi_ref)
     head_scale: float = 1.0  # [ours] head forms: r = head_scale * (w . h + b) (+ c log p), a head lr multiplier under Adam
     logprob_init: float = 0.0  # [ours] head_logprob: c at init; 1 starts R at the trunk's log-likelihood (prm.py)
+    trunk_lr_scale: float = 1.0  # [ours] head forms: the trunk's updates times this (0 freezes it: a probe on the trunk)
     minibatches: int = 1  # PRM updates per step (groups split evenly)
     microbatches: int = 1  # gradient accumulation inside a minibatch
     optim: OptimConfig = OptimConfig(lr=3e-8, grad_clip=10.0)
@@ -132,6 +133,7 @@ class PRMConfig:
         _check(self, "is_clip", self.is_clip >= 0, "must be >= 0")
         _check(self, "beta", self.beta > 0, "must be > 0")
         _check(self, "head_scale", self.head_scale > 0, "must be > 0")
+        _check(self, "trunk_lr_scale", self.trunk_lr_scale >= 0, "must be >= 0")
         _check(self, "minibatches", self.minibatches >= 1, "must be >= 1")
         _check(self, "microbatches", self.microbatches >= 1, "must be >= 1")
 

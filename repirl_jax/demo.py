@@ -1,8 +1,9 @@
 """`repirl demo`: the README's main job, from nothing, on a 2-core CPU in minutes.
 
 1. Build a word-level tokenizer for the chain task in its process-matters form: two-digit values
-   modulo 100, single-digit operands, multipliers coprime to 100, so one slipped step always
-   makes the answer wrong and a guess is right ~1% of the time (data/chain.py).
+   modulo 100, single-digit operands, multipliers coprime to 100, never two + / - steps in a row,
+   so one slipped step always makes the answer wrong, a guess is right ~1% of the time and no
+   sum shortcut skips the written steps (data/chain.py; the lucky rate in the report says so).
 2. Teach a small random-init policy every level RL trains on, 1..warmup.max_steps steps, by
    imitation (`sft.py`), stopping while it still slips now and then.
 3. From that same starting point, run plain outcome RLOO (`prm.loss=none`) and rePIRL on the
@@ -43,7 +44,7 @@ class WarmupConfig:
     min_steps: int = 1
     max_steps: int = 7  # covers every level the RL stage trains on
     n_train: int = 8000
-    steps: int = 800  # the policy learns the steps between ~450 and ~700 updates, then still slips at T=1
+    steps: int = 1200  # without + / - runs the steps are learned later: 800 updates left 20% greedy, 1200 83%
     batch: int = 64
     length: int = 104  # prompt + solution tokens (7 steps: <= 95)
     lr: float = 3e-3  # AdamW, linear warm-up for lr_warmup steps, then cosine decay to 0 at `steps`
@@ -59,17 +60,19 @@ class DemoConfig:
 
 
 def default_config() -> DemoConfig:
-    hard = DataConfig(task="chain", min_steps=5, max_steps=7, modulus=100, operand_max=9, ops="+-*",
+    hard = DataConfig(task="chain", min_steps=5, max_steps=7, modulus=100, operand_max=9, ops="+-*", additive_run=1,
                       instruction=False, style="symbols", n_train=4000, n_test=400, seed=1, prompts_per_step=8,
                       samples=4, experts=1, oversample=2, max_prompt_len=40, max_new_tokens=72)
     return DemoConfig(rl=TrainConfig(
         data=hard,
         # the paper's loss with the per-prompt partition function; the head PRM with the trunk's
-        # token log-prob as a feature and a 10x head scale (a zero head moves ~lr per Adam step);
+        # token log-prob as a feature, the energy R = sum of token rewards starting at the trunk's
+        # log-likelihood (logprob_init=1: the IS weights start uniform) and a slow PRM lr (at 1e-3
+        # or 1e-4 the PRM fell below its start on held-out problems within 300 updates: README);
         # the process reward as the group-baselined trajectory score on the last token (a pattern
         # shared by all samples cannot move it). Policy lr 3e-5: at 3e-4 the width-128 start
         # collapsed from 28% to 2% rollout accuracy within 7 RLOO steps.
-        prm=PRMConfig(form="head_logprob", head_scale=10.0, optim=OptimConfig(lr=1e-3, grad_clip=10.0)),
+        prm=PRMConfig(form="head_logprob", logprob_init=1.0, score="sum", optim=OptimConfig(lr=1e-5, grad_clip=10.0)),
         policy=PolicyConfig(alpha_p=0.5, process_adv="last", optim=OptimConfig(lr=3e-5, grad_clip=1.0)),
         train=LoopConfig(steps=200, eval_every=50, checkpoint_every=100, verify_workers=2)))
 
@@ -108,7 +111,8 @@ def warmup(c: DemoConfig, workdir: str) -> str:
     return out
 
 
-def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, seed: int) -> eval_runner.EvalReport:
+def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, seed: int,
+                 start_dir: str | None = None) -> eval_runner.EvalReport:
     """The one evaluation path on the held-out problems: greedy, and with a PRM, eval_samples
     samples of this policy scored by it and by the null scorers."""
     pc, params = models.load(policy_dir)
@@ -117,7 +121,11 @@ def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, se
     if enc.dropped:  # per-problem results must stay aligned with `test`
         raise ValueError(f"demo: {enc.dropped} held-out prompts exceed rl.data.max_prompt_len={c.rl.data.max_prompt_len}")
     scorer = eval_runner.PRMScorer.load(prm_final, (pc, params)) if prm_final else None
-    return eval_runner.evaluate(pc, params, tok, test, enc.ids, scorer=scorer, samples=c.eval_samples if scorer else 0,
+    # the prm_init null: the same PRM untrained on the start (the demo's PRM trunk is the start)
+    init = (scorer.initial(models.load(start_dir)) if scorer is not None and scorer.form != "implicit" and start_dir
+            else None)
+    return eval_runner.evaluate(pc, params, tok, test, enc.ids, scorer=scorer, init_scorer=init,
+                                samples=c.eval_samples if scorer else 0,
                                 max_new_tokens=c.rl.data.max_new_tokens, seed=seed,
                                 workers=c.rl.train.verify_workers)
 
@@ -139,7 +147,7 @@ def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) ->
             loop.run(cfg, d)
         times[name] = time.perf_counter() - t0
         prm_final = os.path.join(d, "final") if cfg.prm.loss != "none" else None
-        results[name] = evaluate_run(c, os.path.join(d, "final", "policy"), prm_final, test, c.seed)
+        results[name] = evaluate_run(c, os.path.join(d, "final", "policy"), prm_final, test, c.seed, start)
     report = write_report(c, workdir, results, times, [p.meta["steps"] for p in test])
     plots.plot_runs({m: os.path.join(workdir, m) for m in METHODS}, workdir)
     return report
@@ -156,6 +164,7 @@ def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, levels
                   if f"pass@1_greedy/steps={k}" in sm}}
         if "prm/ranking" in sm:
             row |= {"PRM ranking (within problem)": round(sm["prm/ranking"][0], 3),
+                    "untrained PRM ranking (null)": round(sm["prm_init/ranking"][0], 3) if "prm_init/ranking" in sm else "",
                     "PRM step AUROC": round(sm["prm/step_auroc"][0], 3) if "prm/step_auroc" in sm else "",
                     f"PRM best-of-{N}": round(sm[f"prm_best_of_{N}"][0], 3), f"maj@{N}": round(sm[f"maj@{N}"][0], 3),
                     f"avg@{N}": round(sm[f"avg@{N}"][0], 3)}
@@ -172,12 +181,14 @@ def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, levels
     text = f"""# repirl demo report
 
 Task: arithmetic chains modulo {d.modulus} (operands 1..{d.operand_max}, ops `{d.ops}`, multipliers coprime to
-{d.modulus}: a slipped step always makes the answer wrong). Imitation warm-up on
+{d.modulus}: a slipped step always makes the answer wrong; at most {d.additive_run or "any number of"} + / - step(s) in a row).
+Imitation warm-up on
 {c.warmup.min_steps}-{c.warmup.max_steps}-step chains ({c.warmup.steps} steps of batch {c.warmup.batch}, a
 {c.warmup.layers}-layer width-{c.warmup.width} model from random init); then, from that same start,
 {c.rl.train.steps} RL steps on {d.min_steps}-{d.max_steps}-step chains ({d.prompts_per_step} prompts x {d.samples}
-samples per step, {d.experts} expert solution per prompt): plain outcome RLOO (`prm.loss=none`) and rePIRL (head PRM,
-alpha_p={c.rl.policy.alpha_p}, process advantage `{c.rl.policy.process_adv}`).
+samples per step, {d.experts} expert solution per prompt): plain outcome RLOO (`prm.loss=none`) and rePIRL
+(`{c.rl.prm.form}` PRM, c starting at {c.rl.prm.logprob_init}, energy = {c.rl.prm.score} of token rewards, PRM lr
+{c.rl.prm.optim.lr}; alpha_p={c.rl.policy.alpha_p}, process advantage `{c.rl.policy.process_adv}`).
 Held-out: {len(levels)} problems of the RL levels never trained on.
 PRM columns: the final rePIRL PRM scoring {N} samples (T=1) per held-out problem of that run's policy, against the
 exact step labels (`data.chain.step_labels`); nulls beside it in the detail below.

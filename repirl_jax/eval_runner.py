@@ -55,25 +55,38 @@ class PRMScorer:
     params: dict  # prm.init_params layout: {"trunk", "head"} | {"lm"} | {"head"}
     ref: dict | None = None  # implicit: the frozen reference LM
     scale: float = 1.0  # prm.head_scale of the run
+    logprob_init: float = 0.0  # prm.logprob_init of the run (head_logprob's c at init)
 
     @classmethod
     def load(cls, final_dir: str, policy: tuple[ModelConfig, dict] | None = None) -> "PRMScorer":
         with open(os.path.join(final_dir, "prm.json")) as f:
             meta = json.load(f)
         scale = float(meta.get("head_scale", 1.0))
+        c0 = float(meta.get("logprob_init", 0.0))
         head = dict(np.load(os.path.join(final_dir, "prm_head.npz")))
         head = {k: jnp.asarray(v) for k, v in head.items()}
         if meta["form"] == "shared":
             if policy is None:
                 raise ValueError(f"{final_dir}: a shared-trunk PRM scores with the policy's trunk: pass the policy")
-            return cls("shared", meta["beta"], policy[0], {"head": head, "trunk": policy[1]}, scale=scale)
+            return cls("shared", meta["beta"], policy[0], {"head": head, "trunk": policy[1]}, scale=scale, logprob_init=c0)
         cfg, lm = models.load(os.path.join(final_dir, "prm"))
         if meta["form"] in ("head", "head_logprob"):
-            return cls(meta["form"], meta["beta"], cfg, {"trunk": lm, "head": head}, scale=scale)
+            return cls(meta["form"], meta["beta"], cfg, {"trunk": lm, "head": head}, scale=scale, logprob_init=c0)
         if not meta.get("ref"):
             raise ValueError(f"{final_dir}: an implicit PRM of a random tiny model; its reference cannot be reloaded")
         _, ref = models.load(meta["ref"])
         return cls("implicit", meta["beta"], cfg, {"lm": lm}, ref)
+
+    def initial(self, start: tuple[ModelConfig, dict]) -> "PRMScorer":
+        """This PRM as its training began: the same form and scale, the start checkpoint's trunk
+        (a head form's trunk and a shared head's policy trunk) and a fresh head (prm.init_params)."""
+        if self.form == "implicit":
+            raise ValueError("PRMScorer.initial: an implicit PRM starts at exactly 0 (phi = ref); nothing to score")
+        cfg, trunk = start
+        params = prm.init_params(self.form, cfg, trunk, self.logprob_init)
+        if self.form == "shared":
+            params = params | {"trunk": trunk}
+        return dataclasses.replace(self, cfg=cfg, params=params)
 
     def token_rewards(self, prompt_ids, tokens_NT, mask_NT, n: int):
         """[P * n, T] token rewards of responses (n per prompt), masked to 0 past each response."""
@@ -160,17 +173,17 @@ def _levels(problems) -> np.ndarray | None:
 
 
 def report(problems, greedy: Rollouts, sampled: Rollouts | None = None, rewards_ST=None,
-           step_of: list[np.ndarray] | None = None, *, beam_correct=None, beam_n: int = 0, seed: int = 0,
-           ks=(1, 4, 8, 16), ns=(1, 2, 4, 8, 16)) -> EvalReport:
+           step_of: list[np.ndarray] | None = None, *, init_rewards_ST=None, beam_correct=None, beam_n: int = 0,
+           seed: int = 0, ks=(1, 4, 8, 16), ns=(1, 2, 4, 8, 16)) -> EvalReport:
     """The metrics of one evaluation, from rollouts and (optionally) the PRM's [S, T] token
-    rewards of the sampled responses; step_of: each sampled response's [T_i] token -> step
-    (steps.token_steps). Summary names:
+    rewards of the sampled responses (init_rewards_ST: the untrained PRM's, the prm_init null);
+    step_of: each sampled response's [T_i] token -> step (steps.token_steps). Summary names:
       pass@1_greedy (and pass@1_greedy/steps=k per difficulty level)
       avg@N, pass@k (1 < k <= N), maj@N, prm_weighted_maj@N (sigmoid(score) weights),
         prm_best_of_N (= prm/best_of_N, listed with the answer-selection methods)
       SCORER/{ranking, auroc, auroc_within_level, auroc/steps=k, best_of_N} for the scorers of
         prm_quality (the PRM ones with rewards, prm_min / prm_last also need step_of)
-      chain problems only, against exact step labels: lucky_rate; prm/ and logprob/{step_auroc,
+      chain problems only, against exact step labels: lucky_rate; prm/, prm_init/ and logprob/{step_auroc,
         fws_f1, fws_accuracy, fws_error_acc, fws_correct_acc, fws_tau, fws_n}
       prm_beam (beam_correct given): pass@1 of the beam search's answer; compare with
         prm/best_of_n at n = beam_n (= beam * expansions) in the curves."""
@@ -185,7 +198,8 @@ def report(problems, greedy: Rollouts, sampled: Rollouts | None = None, rewards_
         per[f"maj@{N}"] = _vote_correct(sampled)
         prm_steps = (prm_quality.step_values(rewards_ST, sampled.mask, step_of, sampled.texts)
                      if rewards_ST is not None and step_of is not None else None)
-        scores = prm_quality.response_scores(sampled.texts, sampled.mask, N, sampled.logprobs, rewards_ST, prm_steps)
+        scores = prm_quality.response_scores(sampled.texts, sampled.mask, N, sampled.logprobs, rewards_ST, prm_steps,
+                                             init_rewards_ST)
         if "prm" in scores:  # the PRM's answer-selection methods, beside maj@N
             per[f"prm_best_of_{N}"] = ev.best_of_n(scores["prm"], c)
             # votes need non-negative weights: the PRM score through a sigmoid
@@ -208,6 +222,8 @@ def report(problems, greedy: Rollouts, sampled: Rollouts | None = None, rewards_
         labels = prm_quality.chain_labels(problems, sampled.texts, N)
         summary["lucky_rate"] = prm_quality.lucky(c, labels, seed)
         by_step = {"prm": prm_steps}
+        if init_rewards_ST is not None:
+            by_step["prm_init"] = prm_quality.step_values(init_rewards_ST, sampled.mask, step_of, sampled.texts)
         if sampled.logprobs is not None:
             by_step["logprob"] = prm_quality.step_values(sampled.logprobs, sampled.mask, step_of, sampled.texts)
         for name, st in by_step.items():
@@ -225,28 +241,31 @@ def _token_rewards(scorer: PRMScorer, prompt_ids, s: Rollouts, n: int, chunk: in
 
 
 def evaluate(pc: ModelConfig, params, tok, problems, prompt_ids, *, scorer: PRMScorer | None = None,
-             samples: int = 16, max_new_tokens: int, temperature: float = 1.0, seed: int = 0, beam: int = 0,
+             init_scorer: PRMScorer | None = None, samples: int = 16, max_new_tokens: int, temperature: float = 1.0, seed: int = 0, beam: int = 0,
              expansions: int = 4, workers: int = 2, max_prompts: int = 0, layout=None,
              timeout_s: float = 5.0) -> EvalReport:
     """Greedy answers; with samples > 1, that many samples per problem at `temperature`, scored by
     `scorer` (when given) and the null scorers; with beam > 0, the PRM's step-level beam search
     (width beam, `expansions` samples per beam per step: beam * expansions candidates a step).
+    init_scorer (with scorer): the same PRM untrained (PRMScorer.initial), the prm_init null.
     The metrics: `report`."""
     if beam and scorer is None:
         raise ValueError("evaluate: beam search needs a scorer (the PRM guides it)")
     kw = dict(max_new_tokens=max_new_tokens, timeout_s=timeout_s, workers=workers, max_prompts=max_prompts,
               layout=layout)
     greedy = rollouts(pc, params, tok, problems, prompt_ids, **kw)
-    sampled = rewards = step_of = beam_correct = None
+    sampled = rewards = init_rewards = step_of = beam_correct = None
     if samples > 1:
         sampled = rollouts(pc, params, tok, problems, prompt_ids, n=samples, temperature=temperature, seed=seed, **kw)
         step_of = [steps.token_steps(tok, t[m]) for t, m in zip(sampled.tokens, sampled.mask)]
         if scorer is not None:
             rewards = _token_rewards(scorer, prompt_ids, sampled, samples, max_prompts)
+            if init_scorer is not None:
+                init_rewards = _token_rewards(init_scorer, prompt_ids, sampled, samples, max_prompts)
     if beam:
         beam_correct, _ = search.evaluate_beam(pc, params, scorer, tok, problems, prompt_ids, beam=beam,
                                                expansions=expansions, temperature=temperature,
                                                max_new_tokens=max_new_tokens, seed=seed, timeout_s=timeout_s,
                                                workers=workers)
-    return report(problems, greedy, sampled, rewards, step_of, beam_correct=beam_correct,
+    return report(problems, greedy, sampled, rewards, step_of, init_rewards_ST=init_rewards, beam_correct=beam_correct,
                   beam_n=beam * expansions if beam else 0, seed=seed)

@@ -328,5 +328,6 @@ def export_final(final: str, cfg: TrainConfig, pc, qc, policy, prm_params, tok) 
         models.export_hf(qc, prm_lm, os.path.join(final, "prm"), tokenizer=tok)
     np.savez(os.path.join(final, "prm_head.npz"), **prm_params.get("head", {}))
     with open(os.path.join(final, "prm.json"), "w") as f:
-        json.dump({"form": cfg.prm.form, "beta": cfg.prm.beta, "head_scale": cfg.prm.head_scale, "loss": cfg.prm.loss,
+        json.dump({"form": cfg.prm.form, "beta": cfg.prm.beta, "head_scale": cfg.prm.head_scale,
+                   "logprob_init": cfg.prm.logprob_init, "loss": cfg.prm.loss,
                    "ref": prm_ref_path(cfg)}, f)

@@ -10,6 +10,9 @@ Scorers (higher = better):
   prm       mean token reward over the whole response (PRMScorer.scores, ALGORITHM.md section 6)
   prm_min   min over steps of the step score: a chain is as good as its worst step
   prm_last  the last step's score (the step holding the answer)
+  prm_init  the same PRM as its training started (the run's form and init on the start checkpoint),
+            mean token reward; a null: what the PRM's training added (a head_logprob PRM with
+            logprob_init=1 starts as the start's log-likelihood, which already ranks)
   logprob   mean per-token log-prob of the response under the policy (untempered, from the
             sampler); a null: how much of the PRM's signal is the policy's own confidence
   length    minus the number of response tokens: shorter is better; a null for length bias
@@ -29,6 +32,7 @@ SCORERS = {  # name -> what the table says about it
     "prm": "PRM, mean token reward",
     "prm_min": "PRM, min over steps",
     "prm_last": "PRM, last step",
+    "prm_init": "null: the PRM untrained (its init)",
     "logprob": "null: policy mean log-prob",
     "length": "null: minus length (shorter is better)",
     "hash": "null: hash of the text (random)",
@@ -65,7 +69,7 @@ def _masked_mean(x_ST, mask_ST) -> np.ndarray:
 
 
 def response_scores(texts, mask_ST, N: int, logprobs_ST=None, rewards_ST=None,
-                    prm_steps: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                    prm_steps: list[np.ndarray] | None = None, init_rewards_ST=None) -> dict[str, np.ndarray]:
     """name -> [P, N] score of every sample by each scorer that the inputs allow (module doc)."""
     out = {}
     if rewards_ST is not None:
@@ -73,6 +77,8 @@ def response_scores(texts, mask_ST, N: int, logprobs_ST=None, rewards_ST=None,
     if prm_steps is not None:
         out["prm_min"] = np.array([s.min() for s in prm_steps])
         out["prm_last"] = np.array([s[-1] for s in prm_steps])
+    if init_rewards_ST is not None:
+        out["prm_init"] = _masked_mean(init_rewards_ST, mask_ST)
     if logprobs_ST is not None:
         out["logprob"] = _masked_mean(logprobs_ST, mask_ST)
     out["length"] = -np.asarray(mask_ST).sum(1).astype(np.float64)

@@ -262,6 +262,8 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         pieces = tuple(split(x, n_micro) for x in (*arrays, consts, labels))
         loss, grads, _ = _accumulate(loss_fn, prm_params, pieces, n_micro)
         updates, opt_state = prm_opt.update(grads, opt_state, prm_params)
+        if "trunk" in updates and pc.trunk_lr_scale != 1.0:  # Adam is gradient-scale invariant: scale the update
+            updates = {**updates, "trunk": jax.tree.map(lambda u: pc.trunk_lr_scale * u, updates["trunk"])}
         prm_params = optax.apply_updates(prm_params, updates)
         is_pos = jnp.concatenate([sets["pos_roll"], sets["expert"]], axis=1)
         is_neg = jnp.concatenate([sets["neg"], jnp.zeros_like(sets["expert"])], axis=1)

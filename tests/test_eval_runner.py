@@ -110,6 +110,27 @@ def test_a_scorer_equal_to_the_labels_is_perfect():
     # the last step (\boxed) is off the path exactly when the answer is wrong
     assert r.summary["prm_last/ranking"][0] == 1
     assert "step_auroc" not in str([k for k in r.summary if k.startswith(("length/", "hash/"))])
+    assert "prm_init/ranking" not in r.summary  # only with the untrained PRM's rewards
+    # the prm_init null: an untrained PRM scoring every token alike ranks at chance
+    r0 = eval_runner.report(probs, chain_rollouts(probs, texts[::4], [1, 1])[0], s, rew, step_of,
+                            init_rewards_ST=np.where(s.mask, 0.0, 0.0))
+    assert r0.summary["prm_init/ranking"][0] == 0.5 and r0.summary["prm/ranking"][0] == 1
+    assert r0.summary["prm_init/step_auroc"] == (0.5,)
+
+
+def test_initial_scorer_is_the_untrained_prm():
+    """PRMScorer.initial: same form and scale, the start's trunk, a fresh head (c = logprob_init)."""
+    cfg = models.ModelConfig(family="llama", vocab_size=16, hidden_size=8, intermediate_size=16, num_layers=1,
+                             num_heads=2, num_kv_heads=1, head_dim=4)
+    trunk = models.init_params(cfg, jax.random.key(0))
+    trained = eval_runner.PRMScorer("head_logprob", 0.05, cfg, {"trunk": models.init_params(cfg, jax.random.key(1)),
+                                    "head": {"w": np.ones(8, np.float32), "b": np.float32(1), "c": np.float32(3)}},
+                                    scale=2.0, logprob_init=1.0)
+    init = trained.initial((cfg, trunk))
+    assert init.scale == 2.0 and init.params["trunk"] is trunk
+    assert float(init.params["head"]["c"]) == 1.0 and not np.any(np.asarray(init.params["head"]["w"]))
+    with pytest.raises(ValueError, match="implicit"):
+        dataclasses.replace(trained, form="implicit").initial((cfg, trunk))
 
 
 def test_constant_scorer_ranks_at_chance_and_picks_the_first_sample():
