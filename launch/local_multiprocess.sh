@@ -7,12 +7,13 @@
 #
 # Each rank gets JAX_PLATFORMS=cpu, REPIRL_COORDINATOR=127.0.0.1:PORT, REPIRL_NUM_PROCESSES=N and
 # REPIRL_PROCESS_ID=i (read by repirl_jax.distributed.initialize_from_env), and writes its output,
-# each line prefixed "[rank i] ", to ${LOGDIR:-.}/proc_i.log (and to this terminal). If one rank
+# each line prefixed "[rank i] ", to $LOGDIR/proc_i.log (and to this terminal); LOGDIR defaults to
+# WORKDIR/logs when the command has --workdir WORKDIR, else to logs/local_multiprocess. If one rank
 # fails the others are stopped (a rank waiting in a collective would otherwise hang until the
 # coordinator's timeout); the exit status is the failed rank's, 0 when all succeed.
 set -euo pipefail
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
 die() { echo "local_multiprocess.sh: error: $*" >&2; exit 2; }
 
 case "${1:-}" in
@@ -24,7 +25,16 @@ n=$1; shift
 [[ ${1:-} == "--" ]] && shift
 [[ $# -gt 0 ]] || die "missing the command to run after '--'"
 
-logdir=${LOGDIR:-.}
+workdir=""  # the command's --workdir, if any: its logs belong with the run
+args=("$@")
+for ((j = 0; j < ${#args[@]}; j++)); do
+  case "${args[j]}" in
+    --workdir=*) workdir=${args[j]#--workdir=} ;;
+    --workdir) workdir=${args[j + 1]:-} ;;
+  esac
+done
+logdir=${LOGDIR:-${workdir:+$workdir/logs}}
+logdir=${logdir:-logs/local_multiprocess}
 mkdir -p "$logdir"
 # A port the kernel just handed out and released: free unless something grabs it in between.
 port=${REPIRL_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}

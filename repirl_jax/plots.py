@@ -26,6 +26,9 @@ def plot_runs(runs: dict[str, str], out_dir: str, smooth: int = 5) -> list[str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)  # `repirl plot RUN --out NEW_DIR`
     data = {name: read_metrics(d) for name, d in runs.items()}
     present = [(k, title) for k, title in CURVES if any(r.get(k) is not None for rows in data.values() for r in rows)]
     if not present:

@@ -232,3 +232,15 @@ def test_one_failing_rank_stops_the_others(tmp_path):
 def test_local_bad_arguments(args, says):
     p = subprocess.run([LOCAL, *args], capture_output=True, text=True)
     assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_local_logs_go_with_the_run_not_into_the_callers_directory(tmp_path):
+    """Without LOGDIR: WORKDIR/logs when the command names --workdir, else logs/local_multiprocess."""
+    env = {k: v for k, v in os.environ.items() if k != "LOGDIR"}
+    for cmd, where in ((["true", "--workdir", "run"], tmp_path / "run" / "logs"),
+                       (["true", "--workdir=run2"], tmp_path / "run2" / "logs"),
+                       (["true"], tmp_path / "logs" / "local_multiprocess")):
+        p = subprocess.run([LOCAL, "2", "--", *cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert (where / "proc_0.log").is_file() and (where / "proc_1.log").is_file(), cmd
+    assert not list(tmp_path.glob("proc_*.log"))

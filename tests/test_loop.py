@@ -88,6 +88,10 @@ def check_outputs(workdir, rows):
     assert r.returncode == 0, r.stderr[-1500:]
     for name in ("curves.png", "prm_loss.png", "reward_gap.png", "ess_frac.png", "entropy.png"):
         assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    new = workdir / "plots" / "new"  # --out into a directory that does not exist yet
+    r = subprocess.run([sys.executable, "-m", "repirl_jax.cli", "plot", str(workdir), "--out", str(new)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and (new / "curves.png").is_file(), r.stderr[-1500:]
     out = workdir / "eval.json"
     r = subprocess.run([sys.executable, "-m", "repirl_jax.cli", "eval", "--policy", str(workdir / "final" / "policy"),
                         "--prm", str(workdir / "final"), "--task", "chain", "--n", "5", "--samples", "4",
