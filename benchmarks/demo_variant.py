@@ -15,9 +15,11 @@ def main():
         loop.run(cfg, wd)
     tr = time.time() - t0
     _, (_, test) = demo._problems(c)
-    r = demo.evaluate_run(c, os.path.join(wd, "final", "policy"), os.path.join(wd, "final") if cfg.prm.loss != "none" else None, test, 0)
+    r = demo.evaluate_run(c, os.path.join(wd, "final", "policy"), os.path.join(wd, "final") if cfg.prm.loss != "none" else None, test, 0,
+                          start_dir=start)
     sm = r.summary
-    keys = [k for k in sm if k.startswith(("pass@1_greedy", "prm/ranking", "prm/step_auroc", "prm_best_of", "maj@", "avg@", "logprob/ranking", "hash/ranking", "length/ranking", "lucky", "prm/fws_f1", "prm_min/ranking", "prm/auroc"))]
+    keys = [k for k in sm if k.startswith(("pass@1_greedy", "prm/ranking", "prm/step_auroc", "prm_best_of", "maj@", "avg@", "logprob/ranking", "hash/ranking", "length/ranking", "lucky", "prm/fws_f1", "prm_min/ranking", "prm/auroc", "prm_init/ranking",
+                                                 "prm_init/best_of", "prm_init/step_auroc"))]
     print("RESULT", wd, sets, f"train_s={tr:.0f}", json.dumps({k: [round(x, 3) for x in sm[k]] for k in keys}), flush=True)
     with open(os.path.join(wd, "eval_summary.json"), "w") as f:
         json.dump(r.to_json(), f)
