@@ -49,7 +49,8 @@ def cmd_eval(args) -> int:
     problems = [problems[i] for i in enc.kept]
     use_prm = args.prm and (args.samples > 1 or args.beam)
     scorer = eval_runner.PRMScorer.load(args.prm, (pc, params)) if use_prm else None
-    rep = eval_runner.evaluate(pc, params, tok, problems, enc.ids, scorer=scorer, samples=args.samples,
+    init = scorer.initial(models.load(args.prm_start)) if scorer is not None and args.prm_start else None
+    rep = eval_runner.evaluate(pc, params, tok, problems, enc.ids, scorer=scorer, init_scorer=init, samples=args.samples,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                                beam=args.beam, expansions=args.expansions, workers=args.workers,
                                max_prompts=d.rollout_prompts)
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a policy (and a PRM) on held-out problems, with 95%% bootstrap CIs")
     e.add_argument("--policy", required=True, help="HF model dir (e.g. WORKDIR/final/policy)")
     e.add_argument("--prm", help="a training run's final dir (WORKDIR/final): PRM best-of-N, weighted vote, AUROC")
+    e.add_argument("--prm-start", metavar="DIR", help="with --prm: the checkpoint its trunk started from (e.g. "
+                   "runs/demo/start): adds the prm_init null, the same PRM untrained, beside it")
     e.add_argument("--task", choices=("chain", "gsm_symbolic", "gsm8k", "math", "eurus"))
     e.add_argument("--data", help="the data file for gsm8k / math / eurus")
     e.add_argument("--split", choices=("test", "train"), default="test")
