@@ -32,20 +32,21 @@ def sample(start, out):
     pc, params = models.load(start)
     tok = models.load_tokenizer(start)
     train = train[:1024]
-    enc = prompts.encode(train, tok, 40)
+    enc = prompts.encode(train, tok, c.rl.data.max_prompt_len)
     assert not enc.dropped
     K = 8
     t0 = time.time()
-    o = sampling.generate(pc, params, enc.ids, max_new_tokens=72, temperature=1.0, num_samples=K,
+    o = sampling.generate(pc, params, enc.ids, max_new_tokens=c.rl.data.max_new_tokens, temperature=1.0, num_samples=K,
                           eos_id=pc.eos_ids, seed=123, max_prompts=256)
     texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(o.tokens, o.mask)]
     ok = np.array([v.correct for v in verify([train[i // K] for i in range(len(texts))], texts, 5.0, 2)])
     print("train sampled", time.time() - t0, "acc", ok.mean(), flush=True)
     np.savez(os.path.join(out, "train.npz"), tokens=o.tokens, mask=o.mask, slp=o.sample_logprobs, ok=ok)
     test = test[:200]
-    tenc = prompts.encode(test, tok, 40)
-    g = eval_runner.rollouts(pc, params, tok, test, tenc.ids, max_new_tokens=72)
-    s = eval_runner.rollouts(pc, params, tok, test, tenc.ids, n=16, temperature=1.0, seed=0, max_new_tokens=72)
+    tenc = prompts.encode(test, tok, c.rl.data.max_prompt_len)
+    T = c.rl.data.max_new_tokens
+    g = eval_runner.rollouts(pc, params, tok, test, tenc.ids, max_new_tokens=T)
+    s = eval_runner.rollouts(pc, params, tok, test, tenc.ids, n=16, temperature=1.0, seed=0, max_new_tokens=T)
     import pickle
     with open(os.path.join(out, "test.pkl"), "wb") as f:
         pickle.dump((g, s), f)
@@ -71,7 +72,7 @@ def train(start, out, name, args):
     train_p, test = train_p[:1024], test[:200]
     pc, params = models.load(start)
     tok = models.load_tokenizer(start)
-    enc = prompts.encode(train_p, tok, 40)
+    enc = prompts.encode(train_p, tok, rl.data.max_prompt_len)
     d = np.load(os.path.join(out, "train.npz"))
     K = 8
     tokens, mask, slp, ok = d["tokens"], d["mask"], d["slp"], d["ok"].astype(np.float32)
@@ -109,11 +110,11 @@ def train(start, out, name, args):
         if (it + 1) % 50 == 0:
             h = hist[-50:]
             print(it + 1, {k: round(float(np.nanmean([x[k] for x in h])), 3) for k in h[0]},
-                  "c" if "c" not in state.prm.get("head", {}) else float(state.prm["head"]["c"]),
+                  "c", float(state.prm["head"]["c"]) if "c" in state.prm.get("head", {}) else None,
                   round(time.time() - t0), flush=True)
     with open(os.path.join(out, "test.pkl"), "rb") as f:
         g, s = pickle.load(f)
-    tenc = prompts.encode(test, tok, 40)
+    tenc = prompts.encode(test, tok, rl.data.max_prompt_len)
     scorer = eval_runner.PRMScorer(rl.prm.form, rl.prm.beta, pc, jax.device_get(state.prm), scale=rl.prm.head_scale)
     rew = eval_runner._token_rewards(scorer, tenc.ids, s, 16, 50)
     np.save(os.path.join(out, f"rew_{name}.npy"), rew)
