@@ -241,8 +241,8 @@ def _token_rewards(scorer: PRMScorer, prompt_ids, s: Rollouts, n: int, chunk: in
 
 
 def evaluate(pc: ModelConfig, params, tok, problems, prompt_ids, *, scorer: PRMScorer | None = None,
-             init_scorer: PRMScorer | None = None, samples: int = 16, max_new_tokens: int, temperature: float = 1.0, seed: int = 0, beam: int = 0,
-             expansions: int = 4, workers: int = 2, max_prompts: int = 0, layout=None,
+             init_scorer: PRMScorer | None = None, samples: int = 16, max_new_tokens: int, temperature: float = 1.0,
+             seed: int = 0, beam: int = 0, expansions: int = 4, workers: int = 2, max_prompts: int = 0, layout=None,
              timeout_s: float = 5.0) -> EvalReport:
     """Greedy answers; with samples > 1, that many samples per problem at `temperature`, scored by
     `scorer` (when given) and the null scorers; with beam > 0, the PRM's step-level beam search
