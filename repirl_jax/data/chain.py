@@ -31,7 +31,8 @@ import re
 
 from .records import INSTRUCTION, Problem
 
-OPS = (("add", "+"), ("subtract", "-"), ("multiply by", "*"))
+MULTIPLY = ("multiply by", "*")
+OPS = (("add", "+"), ("subtract", "-"), MULTIPLY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,7 @@ def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus
     choices = [o for o in OPS if o[1] in ops]
     run = 0  # + / - steps in a row so far
     for _ in range(steps):
-        word, sym = OPS[2] if additive_run and run >= additive_run else rng.choice(choices)
+        word, sym = MULTIPLY if additive_run and run >= additive_run else rng.choice(choices)
         run = 0 if sym == "*" else run + 1
         if operand_max and sym == "*" and m:  # multipliers coprime to m: every step is a bijection
             x = rng.choice([k for k in range(2, operand_max + 1) if math.gcd(k, m) == 1])
