@@ -89,7 +89,7 @@ class OptimConfig:
 
 
 PRM_FORMS = ("head", "head_logprob", "implicit", "shared")
-PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "none", "frozen")
+PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "exact", "none", "frozen")
 PROCESS_ADV = ("token", "position", "last")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
 
@@ -100,7 +100,9 @@ class PRMConfig:
 
     form: str = "head"  # head | head_logprob | implicit | shared (prm.py)
     # repirl | prime | discriminator | orm (BCE of the mean score on the outcome) | oracle (per-token BCE
-    # on exact step labels: the ceiling; chain task only) | none (no PRM) | frozen (rewards, no update: TTT)
+    # on exact step labels: the ceiling; chain task only) | exact (no PRM: the process reward is the exact
+    # step labels themselves, 1 on the correct path, 0 from the first wrong step: the RL ceiling of a perfect
+    # PRM; chain task only) | none (no PRM) | frozen (rewards, no update: TTT)
     loss: str = "repirl"
     score: str = "mean"  # trajectory score: mean | sum of token rewards
     pseudo_experts: bool = True  # correct rollouts join the positive set

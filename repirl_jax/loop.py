@@ -164,7 +164,7 @@ def evaluate(cfg: TrainConfig, pc, params, tok, problems, ids, step: int, layout
 
 
 def oracle_labels(train, idx, chosen, out, tok, K: int) -> np.ndarray:
-    """[G, K, T] exact per-token step labels of the chosen groups' rollouts (prm.loss=oracle)."""
+    """[G, K, T] exact per-token step labels of the chosen groups' rollouts (prm.loss=oracle | exact)."""
     lab = np.zeros(out.tokens.shape, np.float32)
     for g in chosen:
         for i in range(g * K, (g + 1) * K):
@@ -197,8 +197,8 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     G, K, E, T = d.prompts_per_step, d.samples, d.experts, d.max_new_tokens
 
     step_cfg = ts.StepConfig(pc, qc, cfg.prm, cfg.policy, temperature=d.temperature if d.temperature > 0 else 1.0)
-    if cfg.prm.loss == "oracle" and d.task != "chain":
-        raise ConfigError(f"prm.loss=oracle trains on exact step labels, which only data.task=chain has "
+    if cfg.prm.loss in ("oracle", "exact") and d.task != "chain":
+        raise ConfigError(f"prm.loss={cfg.prm.loss} uses exact step labels, which only data.task=chain has "
                           f"(got data.task={d.task!r})")
     # several processes: one global mesh (their params and batches are global arrays)
     sharded = nproc > 1 or (jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1))
@@ -265,7 +265,7 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                 outcome_GK=np.stack([ok[rows(g)] for g in chosen]),
                 format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
                 expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T),
-                step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if cfg.prm.loss == "oracle" else None)
+                step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if cfg.prm.loss in ("oracle", "exact") else None)
             if layout is not None:  # global arrays: each process's devices receive only their rows
                 batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch,
                                      is_leaf=lambda v: isinstance(v, tuple))

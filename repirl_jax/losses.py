@@ -124,12 +124,13 @@ def _position_centred(process_GKT, mask_GKT):
     return jnp.where(mask_GKT & (n_others > 0), process_GKT - others, 0.0)
 
 
-def process_rewards(process_GKT, mask_GKT, estimator: str = "rloo", mode: str = "token"):
+def process_rewards(process_GKT, mask_GKT, estimator: str = "rloo", mode: str = "token", score: str = "mean"):
     """The process source's per-token rewards p_t(i) before the return-to-go (policy.process_adv):
 
       token     p_t(i) = r_t(i) - b(m)_i            every token; m_j = mean token reward of rollout j
       position  p_t(i) = r_t(i) - mean_{j != i} r_t(j)   at the same position t (per-position centring)
-      last      p_T(i) = m_i - b(m)_i on the last token only (the trajectory score, baselined)
+      last      p_T(i) = s_i - b(s)_i on the last token only, s = the PRM's trajectory score
+                (prm.score: mean or sum of token rewards, the energy the PRM was trained on)
     b is the estimator's baseline. A reward pattern that every rollout of the group shares (the
     same value at each position, or for the same token) moves `token` through the return-to-go
     (G_t sums it over the remaining positions) but cancels in `position` and, up to length
@@ -140,8 +141,8 @@ def process_rewards(process_GKT, mask_GKT, estimator: str = "rloo", mode: str = 
     if mode == "position":
         return _position_centred(process_GKT, mask)
     if mode == "last":
-        m_GK = masked_mean(process_GKT, mask, axis=-1)
-        return _baselined(m_GK, estimator)[..., None] * _last_token(mask)
+        s_GK = trajectory_scores(process_GKT, mask, score)
+        return _baselined(s_GK, estimator)[..., None] * _last_token(mask)
     raise ValueError(f"process_adv={mode!r}")
 
 
@@ -156,7 +157,7 @@ def reward_to_go(c_GKT, mask_GKT):
 
 
 def advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten=False, estimator="rloo",
-               process_adv="token"):
+               process_adv="token", score="mean"):
     """Token advantages [G, K, T] (ALGORITHM.md section 4):
 
         A_o(i)  = r_o(i) - b(r_o)                      placed on the last real token of rollout i
@@ -167,7 +168,7 @@ def advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten=False
     """
     mask = mask_GKT.astype(bool)
     c = alpha_o * _baselined(outcome_GK, estimator)[..., None] * _last_token(mask)
-    c = c + alpha_p * process_rewards(process_GKT, mask, estimator, process_adv)
+    c = c + alpha_p * process_rewards(process_GKT, mask, estimator, process_adv, score)
     ret = reward_to_go(c, mask)
     return masked_whiten(ret, mask) if whiten else ret
 

@@ -40,7 +40,7 @@ class Batch:
     format_GK: jax.Array  # float32 format reward added to the outcome source (0 when unused)
     expert_GET: jax.Array  # int32 expert responses
     expert_mask_GET: jax.Array  # bool; an all-false row is a missing expert
-    step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token, 1 / 0 / -1 (steps.labels; prm.loss=oracle only)
+    step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token, 1 / 0 / -1 (steps.labels; prm.loss=oracle | exact only)
 
     def axes(self) -> "Batch":
         """Logical axes of every field (the leading G dimension is the sharded batch)."""
@@ -312,13 +312,16 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         metrics = {}
         prm_params, prm_opt_state = state.prm, state.prm_opt
         mask = batch.rollout_mask_GKT
-        if pc.loss not in ("none", "frozen"):
+        if pc.loss not in ("none", "frozen", "exact"):
             mbs = jax.tree.map(lambda x: split(x, pc.minibatches), batch)
             (prm_params, prm_opt_state, _, _), pm = jax.lax.scan(
                 prm_minibatch, (prm_params, prm_opt_state, state.policy, state.prm_ref), mbs)
             metrics |= {k: jnp.nanmean(v) if k == "ranking_acc" else jnp.mean(v) for k, v in pm.items()}
             metrics["max_weight"] = jnp.max(pm["max_weight"])
-        if pc.loss != "none":
+        if pc.loss == "exact":  # the perfect PRM: 1 on tokens of the correct path, 0 from the first wrong step on
+            r_GKT = jnp.where(mask, (batch.step_ok_GKT > 0.5).astype(jnp.float32), 0.0)
+            metrics["process_reward_mean"] = losses.masked_mean(r_GKT, mask)
+        elif pc.loss != "none":
             # process rewards of every rollout from the updated PRM
             r_GKT = jax.lax.stop_gradient(map_pieces(
                 lambda a: rewards(prm_params, state.policy, state.prm_ref, prm.build_seqs(*a)).reshape(-1, K, T),
@@ -330,9 +333,10 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
             r_GKT = jnp.zeros(mask.shape, jnp.float32)
         outcome = qc.alpha_o * batch.outcome_GK + batch.format_GK
         alpha_p = qc.alpha_p if pc.loss != "none" else 0.0
-        adv = losses.advantages(outcome, r_GKT, mask, 1.0, alpha_p, qc.whiten, qc.estimator, qc.process_adv)
+        adv = losses.advantages(outcome, r_GKT, mask, 1.0, alpha_p, qc.whiten, qc.estimator, qc.process_adv, pc.score)
         if pc.loss != "none":  # how much of the process advantage only rewards positions (same for all samples)
-            g_p = losses.reward_to_go(alpha_p * losses.process_rewards(r_GKT, mask, qc.estimator, qc.process_adv), mask)
+            g_p = losses.reward_to_go(alpha_p * losses.process_rewards(r_GKT, mask, qc.estimator, qc.process_adv,
+                                                                       pc.score), mask)
             g_o = losses.advantages(outcome, r_GKT, mask, 1.0, 0.0, False, qc.estimator)
             (metrics["process_adv_shared_rms"], metrics["process_adv_sample_rms"]) = losses.shared_and_sample_rms(g_p, mask)
             metrics["outcome_adv_rms"] = jnp.sqrt(losses.masked_mean(jnp.square(g_o), mask))

@@ -258,10 +258,11 @@ def test_per_prompt_loss_ignores_a_constant_per_prompt():
         assert np.allclose(ga, gb, atol=1e-6) == same
 
 
-def ref_process_rewards(process, mask, mode):
+def ref_process_rewards(process, mask, mode, score="mean"):
     G, K, T = process.shape
     out = np.zeros((G, K, T))
     m = np.array([[process[g, k][mask[g, k]].mean() for k in range(K)] for g in range(G)])
+    s = np.array([[getattr(process[g, k][mask[g, k]], score)() for k in range(K)] for g in range(G)])
     for g in range(G):
         for i in range(K):
             others = [j for j in range(K) if j != i]
@@ -273,17 +274,18 @@ def ref_process_rewards(process, mask, mode):
                     at = [process[g, j, t] for j in others if mask[g, j, t]]
                     out[g, i, t] = process[g, i, t] - np.mean(at) if at else 0.0
             if mode == "last":
-                out[g, i, L - 1] = m[g, i] - m[g, others].mean()
+                out[g, i, L - 1] = s[g, i] - s[g, others].mean()
     return out
 
 
-@pytest.mark.parametrize("mode", ["token", "position", "last"])
-def test_process_rewards_match_reference(mode):
+@pytest.mark.parametrize("mode,score", [("token", "mean"), ("position", "mean"), ("last", "mean"), ("last", "sum")])
+def test_process_rewards_match_reference(mode, score):
+    """`last` baselines the PRM's own trajectory score (prm.score), the energy it was trained on."""
     G, K, T = 3, 4, 6
     process = rng.randn(G, K, T)
     mask = np.arange(T) < rng.randint(1, T + 1, (G, K))[..., None]
-    got = losses.process_rewards(jnp.asarray(process), jnp.asarray(mask), "rloo", mode)
-    np.testing.assert_allclose(got, ref_process_rewards(process, mask, mode), atol=1e-5)
+    got = losses.process_rewards(jnp.asarray(process), jnp.asarray(mask), "rloo", mode, score)
+    np.testing.assert_allclose(got, ref_process_rewards(process, mask, mode, score), atol=1e-5)
 
 
 def test_a_shared_pattern_moves_only_the_token_mode():

@@ -256,3 +256,23 @@ def test_oracle_loss_trains_through_the_first_wrong_step_only():
     assert np.all(g[:, 0, 3:] == 0) and np.all(g[:, 0, :3] != 0)
     n = (m & (y >= 0)).sum()
     np.testing.assert_allclose(g[m & (y >= 0)], (jax.nn.sigmoid(r) - y)[m & (y >= 0)] / n, rtol=1e-5)
+
+
+def test_exact_loss_rewards_the_correct_path_and_trains_no_prm():
+    """prm.loss=exact (the perfect-PRM ceiling): the process reward is 1 on tokens of the correct
+    path, 0 from the first wrong step on; the PRM is not updated. With `last` and a mean score,
+    a rollout that slipped at its third token gets the fraction 2/6 against the group's others."""
+    rng = np.random.RandomState(5)
+    b = synthetic_batch(rng, G=2, K=2, E=2, T=6)
+    b.rollout_mask_GKT = np.ones_like(b.rollout_mask_GKT)
+    b.step_ok_GKT = np.array([[[1, 1, 0, -1, -1, -1], [1, 1, 1, 1, 1, 1]]] * 2, np.float32)
+    b.outcome_GK = np.zeros((2, 2), np.float32)  # equal outcomes: the advantage is the process part only
+    cfg = ts.StepConfig(CFG, CFG, PRMConfig(form="head", loss="exact", score="mean"),
+                        PolicyConfig(alpha_p=1.0, process_adv="last"))
+    state = ts.init_state(cfg, fresh_params(0), fresh_params(1))
+    prm_before = jax.tree.map(np.asarray, state.prm)
+    state, m = ts.make_train_step(cfg)(state, b)
+    assert trees_equal(jax.tree.map(np.asarray, state.prm), prm_before) and float(m["step_ok"]) == 1.0
+    assert float(m["process_reward_mean"]) == pytest.approx(8 / 12)
+    # rms over all 24 tokens of the reward-to-go: +-(1 - 2/6) on every token of each group
+    assert float(m["process_adv_sample_rms"]) == pytest.approx(2 / 3, rel=1e-5)
