@@ -51,6 +51,8 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "frozen_trunk": (["prm.trunk_lr_scale=0", "prm.optim.lr=1e-3"], "only the head (w, b, c) trains: a probe"),
     "score=mean": (["prm.score=mean"], "mean token reward as the energy"),
     "oracle": (["prm.loss=oracle"], "the ceiling: a head PRM trained on the exact step labels (per-token BCE) as process reward"),
+    "exact": (["prm.loss=exact", "prm.score=mean"], "the RL ceiling of a perfect PRM: the exact step labels as process "
+                                                     "reward (the fraction of the response on the correct path), no PRM trained"),
     "orm": (["prm.loss=orm"], "outcome-supervised PRM: BCE of the mean score on the verifier's outcome"),
     "prime": (["prm.form=implicit", "prm.loss=prime"], "PRIME: implicit PRM, cross-entropy on outcomes"),
     "discriminator": (["prm.loss=discriminator"], "discriminator PRM (expert vs policy)"),
@@ -124,7 +126,7 @@ def evaluate(c, start: str, variant: str | None, seed: int, root: str, test, bon
     tok = models.load_tokenizer(policy)
     enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)  # logs what it drops; the same for every run
     probs = [test[i] for i in enc.kept]  # (all runs share the warm-up's tokenizer)
-    has_prm = variant and "prm.loss=none" not in VARIANTS[variant][0]
+    has_prm = variant and not {"prm.loss=none", "prm.loss=exact"} & set(VARIANTS[variant][0])  # exact: nothing trained
     sample = has_prm and seed == 0 and bon > 1
     scorer = eval_runner.PRMScorer.load(os.path.join(d, "final"), (pc, params)) if sample else None
     rep = eval_runner.evaluate(pc, params, tok, probs, enc.ids, scorer=scorer, samples=bon if sample else 1,

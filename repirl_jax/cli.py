@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -39,6 +40,10 @@ def cmd_eval(args) -> int:
     problems = test if args.split == "test" else train
     pc, params = models.load(args.policy)
     tok = models.load_tokenizer(args.policy)
+    # The prompt limit: the one asked for, else whatever the model's context leaves after the
+    # response (a training default like 128 would silently shrink the held-out set).
+    if not any(s.split("=", 1)[0] == "max_prompt_len" for s in sets):
+        d = dataclasses.replace(d, max_prompt_len=pc.max_position_embeddings - args.max_new_tokens)
     enc = prompts.encode(problems, tok, d.max_prompt_len)
     print(f"{len(enc.kept)} of {len(problems)} prompts evaluated; {enc.dropped} dropped for exceeding "
           f"data.max_prompt_len={d.max_prompt_len} tokens" + (" (raise it with --set data.max_prompt_len=N)"

@@ -127,7 +127,7 @@ def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, se
     return eval_runner.evaluate(pc, params, tok, test, enc.ids, scorer=scorer, init_scorer=init,
                                 samples=c.eval_samples if scorer else 0,
                                 max_new_tokens=c.rl.data.max_new_tokens, seed=seed,
-                                workers=c.rl.train.verify_workers)
+                                workers=c.rl.train.verify_workers, timeout_s=c.rl.train.verify_timeout_s)
 
 
 def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) -> str:

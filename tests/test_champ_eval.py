@@ -146,9 +146,13 @@ def test_cli_eval_beam_then_compare(exported, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(a.read_text())
     assert len(res["per_problem"]["prm_beam"]) == 3 and len(res["summary"]["prm_beam"]) == 3
+    # no --set data.max_prompt_len: the limit is what the model's context leaves after the response
+    assert res["dropped"] == 0 and res["max_prompt_len"] == 2048 - 6
     assert "| prm_beam |" in r.stdout
     assert repirl("eval", *common, "--seed", "1", "--out", b).returncode == 0
     r = repirl("compare", a, b)
     assert r.returncode == 0 and "| prm_beam | b.json | 3 |" in r.stdout, r.stderr[-2000:]
+    r = repirl("eval", "--policy", exported / "policy", "--task", "chain", "--n", "3", "--set", "max_prompt_len=8")
+    assert r.returncode == 2 and "every prompt exceeds data.max_prompt_len=8 tokens" in r.stderr, r.stderr[-2000:]
     r = repirl("eval", "--policy", exported / "policy", "--task", "chain", "--beam", "2")
     assert r.returncode == 2 and "--beam needs --prm" in r.stderr
