@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -27,8 +28,28 @@ class CheckpointError(RuntimeError):
 
 
 def _first_line(e: BaseException) -> str:
+    """The first line of the innermost cause: orbax wraps tensorstore's telling error (OUT_OF_RANGE,
+    NOT_FOUND, RESOURCE_EXHAUSTED ...) in a generic one whose first line is a repr of its spec."""
+    while e.__cause__ is not None and e.__cause__ is not e:
+        e = e.__cause__
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def _drop_abandoned_reads() -> None:
+    """orbax abandons the other reads of a restore that failed; each of their coroutines, once
+    collected, would print an 'Exception ignored' traceback for the damage already reported in one
+    line. From the first failed restore on, those (and only those) are dropped."""
+    default = sys.unraisablehook
+    if getattr(default, "drops_orbax_reads", False):
+        return
+
+    def hook(u):
+        code = getattr(u.object, "cr_code", None)  # a coroutine object
+        if not (code is not None and f"orbax{os.sep}checkpoint" in code.co_filename):
+            default(u)
+    hook.drops_orbax_reads = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -47,15 +68,27 @@ class Checkpointer:
         (checked first: orbax's own failure arrives later, from a background thread, as pages of
         tracebacks)."""
         self.check()
-        need = sum(x.nbytes for x in jax.tree.leaves(state)) + HEADROOM_BYTES
+        need = self._size_of(self.latest_step(), state) + HEADROOM_BYTES
         free = shutil.disk_usage(self.dir).free
         if free < need:
             self.failed = True
             raise CheckpointError(f"{self.dir}: no space for step {step}'s checkpoint ({free >> 20} MiB free, it needs "
                                   f"about {need >> 20} MiB); {self._resume_hint()}")
+        try:  # orbax first waits for the save in flight, and raises its failure here
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            extras=ocp.args.JsonSave(extras)))
+        except Exception as e:
+            raise self._save_failed(e) from None
         self.saving = step
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        extras=ocp.args.JsonSave(extras)))
+
+    def _size_of(self, step: int | None, state: Any) -> int:
+        """Bytes the next checkpoint of `state` takes: as many as the last finished one (the same
+        tree; OCDBT compresses, e.g. the all-zero rows of Adam's moments for unseen tokens), or,
+        before the first, the arrays' own bytes (an upper bound)."""
+        if step is None:
+            return sum(x.nbytes for x in jax.tree.leaves(state))
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(os.path.join(self.dir, str(step)))
+                   for f in files)
 
     def check(self) -> None:
         """Raises CheckpointError if an async save that has already finished failed."""
@@ -77,13 +110,17 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The finished checkpoints' steps, oldest first."""
+        return sorted(self.manager.all_steps())
+
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """(state, extras) of `step`, or by default of the newest checkpoint that restores: each
         newer one that does not is named in a warning with its error's first line. Checkpoints
         newer than the one restored are moved to checkpoints.set_aside/ (orbax skips any save of a
         step below its latest, so the resumed run could not save beside them). `abstract_state`
         is a pytree of jax.ShapeDtypeStruct whose `sharding` says where each restored array goes."""
-        steps = sorted(self.manager.all_steps(), reverse=True)
+        steps = self.all_steps()[::-1]
         if not steps:
             raise FileNotFoundError(f"{self.dir}: no finished checkpoint")
         if step is not None and step not in steps:
@@ -93,6 +130,7 @@ class Checkpointer:
                 out = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), extras=ocp.args.JsonRestore()))
             except Exception as e:  # a damaged file surfaces as any of orbax's / tensorstore's errors
+                _drop_abandoned_reads()
                 log.warning("checkpoint step %d in %s does not restore (%s); %s", s, self.dir, _first_line(e),
                             "trying an older one" if step is None and s != steps[-1] else "none left to try")
                 if step is not None:

@@ -86,8 +86,10 @@ class MetricsLog:
         if broken:
             log.warning("%s: dropped %d unreadable line(s), as a crash mid-write leaves", self.path, broken)
         if later:
-            log.warning("%s: dropped steps %d-%d, which come after %s; this run redoes them", self.path, min(later),
-                        max(later), f"checkpoint step {resume_step}" if resume_step else "the last checkpoint (none)")
+            a, b = min(later), max(later)
+            log.warning("%s: dropped the rows of %s, which %s; this run redoes them", self.path,
+                        f"step {a}" if a == b else f"steps {a}-{b}",
+                        f"come after checkpoint step {resume_step}" if resume_step else "no finished checkpoint holds")
         with open(self.path, "w") as f:
             f.writelines(l if l.endswith("\n") else l + "\n" for l in kept)
         from tensorboardX import SummaryWriter
