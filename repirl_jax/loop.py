@@ -236,6 +236,8 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     elif layout is not None:
         state = jax.tree.map(lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda i, a=np.asarray(x): a[i]),
                              state, step.state_shardings)
+    else:  # committed to its device, as a restored state is: fresh and resumed runs then compile the same
+        state = jax.device_put(state, jax.devices()[0])  # programs (one entry each in a persistent XLA cache)
     metrics = MetricsLog(workdir, start) if lead else None
     order = np.random.RandomState(d.seed).permutation(len(train))
     last, bad_streak = {}, 0
