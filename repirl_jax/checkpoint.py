@@ -36,24 +36,30 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
-def _drop_abandoned_reads() -> None:
-    """orbax abandons the other reads of a restore that failed; each of their coroutines, once
-    collected, would print an 'Exception ignored' traceback for the damage already reported in one
-    line. From the first failed restore on, those (and only those) are dropped."""
+def _drop_orbax_leftovers() -> None:
+    """When a restore or an async save fails, orbax abandons its other reads and writes: their
+    coroutines, once collected, and tensorstore's callbacks into orbax's event loop, already closed,
+    each print an unraisable-exception traceback ('Exception ignored ...', 'RuntimeError: Event loop
+    is closed'), pages of them for a fault already reported in one line. Those, and only those, are
+    dropped."""
     default = sys.unraisablehook
-    if getattr(default, "drops_orbax_reads", False):
+    if getattr(default, "drops_orbax_leftovers", False):
         return
 
     def hook(u):
         code = getattr(u.object, "cr_code", None)  # a coroutine object
-        if not (code is not None and f"orbax{os.sep}checkpoint" in code.co_filename):
+        abandoned = code is not None and f"orbax{os.sep}checkpoint" in code.co_filename
+        closed_loop = (u.object is None and isinstance(u.exc_value, RuntimeError)
+                       and str(u.exc_value) == "Event loop is closed")
+        if not (abandoned or closed_loop):
             default(u)
-    hook.drops_orbax_reads = True
+    hook.drops_orbax_leftovers = True
     sys.unraisablehook = hook
 
 
 class Checkpointer:
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+        _drop_orbax_leftovers()
         self.dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self.aside = self.dir + ".set_aside"  # skipped checkpoints go here, never deleted
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
@@ -130,7 +136,6 @@ class Checkpointer:
                 out = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), extras=ocp.args.JsonRestore()))
             except Exception as e:  # a damaged file surfaces as any of orbax's / tensorstore's errors
-                _drop_abandoned_reads()
                 log.warning("checkpoint step %d in %s does not restore (%s); %s", s, self.dir, _first_line(e),
                             "trying an older one" if step is None and s != steps[-1] else "none left to try")
                 if step is not None:

@@ -7,6 +7,7 @@ uninterrupted run's bit for bit.
 Every training run here is the same tiny config (configs/tiny_cpu.py, 4 steps) in a subprocess;
 they share a persistent XLA compilation cache, so only the first one compiles."""
 import contextlib
+import gc
 import glob
 import json
 import os
@@ -70,21 +71,11 @@ def train(env, workdir, *extra, fault=None, at=0):
                           capture_output=True, text=True, timeout=600)
 
 
-def without_noise(stderr):
-    """stderr less the tracebacks that tensorstore's threads print (past sys.excepthook: a hook
-    never sees them) for reads still in flight when orbax gave up on a damaged file and closed its
-    event loop: noise we cannot intercept, beside our one line."""
-    head, *blocks = stderr.split("Traceback (most recent call last):")
-    noise = lambda b: "in call_soon_threadsafe" in b and "RuntimeError: Event loop is closed" in b
-    return "Traceback (most recent call last):".join([head] + [b for b in blocks if not noise(b)])
-
-
 def one_error_line(r, needle):
     """Exit 2 with exactly one error line, holding `needle`, and no traceback."""
-    err = without_noise(r.stderr)
-    errors = [l for l in err.splitlines() if "error" in l.lower()]
+    errors = [l for l in r.stderr.splitlines() if "error" in l.lower()]
     assert r.returncode == 2 and len(errors) == 1 and needle in errors[0], r.stderr[-3000:]
-    assert "Traceback" not in err, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
 
 
 def untimed(path):
@@ -120,6 +111,11 @@ def test_kill9_during_async_checkpoint_write_and_a_cut_off_metrics_line(env, ref
     assert_same_run(w, reference)
 
 
+# orbax's abandoned reads and writes print nothing (checkpoint._drop_orbax_leftovers)
+QUIET = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
+
+@QUIET
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_unreadable_checkpoint_is_skipped_for_the_newest_that_restores(tmp_path, damage, caplog):
     """Checkpointer level, on a small tree: the fallback, the set-aside, resume_from and the
@@ -148,6 +144,7 @@ def test_unreadable_checkpoint_is_skipped_for_the_newest_that_restores(tmp_path,
                                                          r"use a new --workdir to start over"):
         ck.restore(checkpoint.abstract_like(state))
     ck.close()
+    gc.collect()  # the abandoned reads' coroutines, while this test watches
 
 
 def scaled(tree, s):
@@ -173,7 +170,7 @@ def test_truncated_latest_checkpoint_resumes_from_the_one_before(env, reference,
     assert r.returncode == 0, r.stderr[-2000:]
     warned = [l for l in r.stderr.splitlines() if "checkpoint step 4" in l and "does not restore" in l]
     assert len(warned) == 1 and "OUT_OF_RANGE" in warned[0] and "trying an older one" in warned[0], r.stderr[-2000:]
-    assert "resumed from step 3" in r.stderr and "Traceback" not in without_noise(r.stderr), r.stderr[-3000:]
+    assert "resumed from step 3" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert (w / "checkpoints.set_aside" / "4").is_dir() and (w / "checkpoints" / "4").is_dir()  # saved anew
     assert_same_run(w, reference)
 
@@ -207,6 +204,7 @@ def test_full_disk_stops_at_once_and_the_rerun_resumes(env, reference, tmp_path)
         assert_same_run(w, reference)  # the checkpoint cadence does not change what is computed
 
 
+@QUIET
 def test_async_save_failure_is_one_line(tmp_path, monkeypatch):
     """Where the space check cannot see it coming (another writer, a quota), orbax's own failure
     from its background thread becomes one CheckpointError, and the run's close does not raise again."""
@@ -218,6 +216,7 @@ def test_async_save_failure_is_one_line(tmp_path, monkeypatch):
                                                              "stopped; no checkpoint is finished yet"):
             ck.wait()
         ck.close()
+        gc.collect()
 
 
 def test_sigterm_during_a_rollout_saves_the_step_and_resumes(env, reference, tmp_path):
