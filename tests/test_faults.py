@@ -173,6 +173,9 @@ def test_truncated_latest_checkpoint_resumes_from_the_one_before(env, reference,
     assert "resumed from step 3" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert (w / "checkpoints.set_aside" / "4").is_dir() and (w / "checkpoints" / "4").is_dir()  # saved anew
     assert_same_run(w, reference)
+    r = train(env, w, *STEPS, "--set", "train.resume_from=7")  # choosing one: the steps there are named
+    one_error_line(r, "train.resume_from=7: ")
+    assert "holds steps [3, 4]" in r.stderr
 
 
 @contextlib.contextmanager
