@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -135,6 +136,25 @@ def cmd_train(args) -> int:
 
 
 BENCHES = ("sampler", "step_memory", "step", "iteration", "attention")
+# What a subcommand imports beyond install_requires, checked before any work starts (`bench
+# iteration` would otherwise find TRL missing after running our side for 20 minutes).
+BENCH_EXTRA = "pip install -e '.[bench]'"
+NEEDS = {  # (command, variant) -> (modules, how to install them)
+    ("bench", "sampler"): (("torch",), BENCH_EXTRA),
+    ("bench", "iteration"): (("torch", "trl", "datasets"), BENCH_EXTRA),
+    ("eval", "champ"): (("champ_dataset",), "pip install --no-deps champ-dataset (make setup does)"),
+}
+
+
+def missing_modules(args) -> str | None:
+    """One line naming what this subcommand needs and how to install it, or None."""
+    import importlib.util
+
+    variant = args.name if args.command == "bench" else "champ" if getattr(args, "champ", None) is not None else ""
+    modules, how = NEEDS.get((args.command, variant), ((), ""))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"{' '.join(filter(None, (args.command, variant)))} needs {', '.join(missing)}, not installed: {how}" \
+        if missing else None
 
 
 def cmd_bench(args) -> int:
@@ -236,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
     from .loop import TrainingAborted
@@ -246,12 +267,22 @@ def main(argv=None) -> int:
     logging.getLogger("jax").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
     args = build_parser().parse_args(argv)
+    missing = missing_modules(args)
+    if missing:
+        print(f"repirl {args.command}: error: {missing}", file=sys.stderr)
+        return 2
     try:
         return args.fn(args)
     # ValueError: what our checks raise for bad input elsewhere (generate's limits, task parameters)
     except (ModelLoadError, DataError, FileNotFoundError, FileExistsError, ConfigError, TrainingAborted,
-            ValueError) as e:
+            CheckpointError, ValueError) as e:
         print(f"repirl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk is a fault a long run meets; other OS errors are bugs to see
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"repirl {args.command}: error: disk full: {e}; free space and rerun the same command (training "
+              "resumes from its last finished checkpoint)", file=sys.stderr)
         return 2
 
 

@@ -236,9 +236,11 @@ class LoopConfig:
     keep_checkpoints: int = 2
     verify_workers: int = 2
     verify_timeout_s: float = 5.0
+    resume_from: int = 0  # 0 = the newest checkpoint that restores; N = checkpoint step N (newer set aside)
 
     def __post_init__(self):
         _check(self, "steps", self.steps >= 1, "must be >= 1")
+        _check(self, "resume_from", self.resume_from >= 0, "must be >= 0 (0: the newest that restores)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,17 +64,34 @@ def load_problems(cfg: TrainConfig):
 
 class MetricsLog:
     """WORKDIR/metrics.jsonl, one object per step, and TensorBoard events in WORKDIR/tb. On resume,
-    lines past the checkpoint's step are dropped so every step appears once (TensorBoard shows
-    the repeated steps of the interrupted run as a separate event file)."""
+    lines past the checkpoint's step are dropped (and said so) so every step appears once: the
+    resumed run recomputes them identically. A line cut off by a crash mid-write is dropped too.
+    (TensorBoard shows the repeated steps of the interrupted run as a separate event file.)"""
 
     def __init__(self, workdir: str, resume_step: int):
         self.path = os.path.join(workdir, "metrics.jsonl")
-        kept = []
+        kept, later, broken = [], [], 0
         if os.path.exists(self.path):
             with open(self.path) as f:
-                kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+                for line in filter(str.strip, f):
+                    try:
+                        step = json.loads(line).get("step", 0)
+                    except json.JSONDecodeError:
+                        broken += 1
+                        continue
+                    if step <= resume_step:
+                        kept.append(line)
+                    else:
+                        later.append(step)
+        if broken:
+            log.warning("%s: dropped %d unreadable line(s), as a crash mid-write leaves", self.path, broken)
+        if later:
+            a, b = min(later), max(later)
+            log.warning("%s: dropped the rows of %s, which %s; this run redoes them", self.path,
+                        f"step {a}" if a == b else f"steps {a}-{b}",
+                        f"come after checkpoint step {resume_step}" if resume_step else "no finished checkpoint holds")
         with open(self.path, "w") as f:
-            f.writelines(kept)
+            f.writelines(l if l.endswith("\n") else l + "\n" for l in kept)
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1)
@@ -92,14 +109,15 @@ class MetricsLog:
 
 def check_workdir(workdir: str, cfg: TrainConfig, write: bool = True):
     """Refuses a workdir whose checkpoints were made with an incompatible config (anything but
-    the number of steps and the checkpoint/eval cadence)."""
+    the number of steps, the checkpoint/eval cadence and the checkpoint to resume from)."""
     path = os.path.join(workdir, "config.json")
     mine = dataclasses.asdict(cfg)
     if os.path.exists(path):
         with open(path) as f:
             theirs = json.load(f)
         loose = lambda c: {**c, "train": {k: v for k, v in c["train"].items()
-                                          if k not in ("steps", "checkpoint_every", "eval_every", "eval_samples")}}
+                                          if k not in ("steps", "checkpoint_every", "eval_every", "eval_samples",
+                                                       "resume_from")}}
         if json.loads(json.dumps(loose(mine))) != loose(theirs):
             diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict) for k in mine[s]
                           if json.loads(json.dumps(loose(mine)[s].get(k))) != loose(theirs).get(s, {}).get(k))
@@ -187,8 +205,8 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
         log.info("process %d of %d (%d local devices of %d)", pid, nproc, jax.local_device_count(), jax.device_count())
     check_workdir(workdir, cfg, write=lead)
     d, t = cfg.data, cfg.train
+    train, test = load_problems(cfg)  # first: a missing data extra or file is found before any model work
     pc, pp, qc, qp, tok = load_models(cfg)
-    train, test = load_problems(cfg)
     enc = prompts.encode(train, tok, d.max_prompt_len)
     train = [train[i] for i in enc.kept]
     test_enc = prompts.encode(test, tok, d.max_prompt_len)
@@ -209,15 +227,17 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
         state = dataclasses.replace(state, prm={**state.prm, "head": load_head(cfg.model.prm_head, state.prm)})
     ck = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints)
     start, cursor = 0, 0
-    if ck.latest_step() is not None:  # restored straight into the step's shardings (global arrays)
+    if ck.latest_step() is not None or t.resume_from:  # restored straight into the step's shardings
         target = checkpoint.abstract_like(state) if layout is None else jax.tree.map(
             lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, step.state_shardings)
-        state, extras = ck.restore(target)
+        state, extras = ck.restore(target, t.resume_from or None)  # the newest that restores, by default
         start, cursor = extras["step"], extras["cursor"]
         log.info("resumed from step %d", start)
     elif layout is not None:
         state = jax.tree.map(lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda i, a=np.asarray(x): a[i]),
                              state, step.state_shardings)
+    else:  # committed to its device, as a restored state is: fresh and resumed runs then compile the same
+        state = jax.device_put(state, jax.devices()[0])  # programs (one entry each in a persistent XLA cache)
     metrics = MetricsLog(workdir, start) if lead else None
     order = np.random.RandomState(d.seed).permutation(len(train))
     last, bad_streak = {}, 0
@@ -226,6 +246,7 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not lead)
     try:
         for it in range(start, t.steps):
+            ck.check()  # a failed async save stops the run now, not after the next save
             times, t0 = {}, time.perf_counter()
             n = G * d.oversample
             idx = [int(order[(cursor + j) % len(train)]) for j in range(n)]

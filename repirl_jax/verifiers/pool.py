@@ -1,81 +1,135 @@
 """A process pool where a task that hangs or crashes costs only that task: its worker is killed
-at the deadline (or found dead) and replaced, and the task reports why. concurrent.futures cannot
-do this: a hung task there blocks its worker forever."""
+at the deadline (or found dead) and replaced, and the task reports why. `map` never raises for a
+worker's fate: dead before the task was sent (the task goes to a fresh worker), killed during it
+(the OOM killer, a crash in C code: the task fails with the signal), or gone after it.
+concurrent.futures cannot do this: a hung task there blocks its worker forever.
+
+Workers are fresh interpreters (`python -P -c BOOT` talking over a socketpair), not
+multiprocessing children: `spawn` and `forkserver` re-run the caller's main script in every
+worker, so a script without an `if __name__ == "__main__":` guard starts pools inside its own
+workers and kills them (pebble's ProcessPool, built on multiprocessing, fails every task then:
+"All workers expired"). `fork` is unsafe in the trainer, which is multi-threaded (JAX). A worker
+imports only the module of its function, with the caller's sys.path."""
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import threading
 import time
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
+# -P: no script directory or cwd on sys.path before the caller's is set (a stray random.py there
+# would shadow the stdlib)
+_BOOT = ("import sys; from multiprocessing.connection import Connection; c = Connection(int(sys.argv[1])); "
+         "sys.path[:] = c.recv(); from repirl_jax.verifiers.pool import serve; serve(c)")
 
 
-def _serve(conn, fn):
+def serve(conn: Connection) -> None:
+    """The worker's loop: receive `fn` once, then (args) -> (True, result) | (False, reason)."""
+    fn = conn.recv()  # pickled by reference: this imports its module
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     while True:
         try:
             item = conn.recv()
-        except EOFError:
+        except EOFError:  # the pool closed or its process ended
             return
         try:
-            conn.send((True, fn(*item)))
+            out = (True, fn(*item))
         except BaseException as e:  # the task failed, the worker lives on
-            conn.send((False, f"{type(e).__name__}: {str(e)[:200]}"))
+            out = (False, f"{type(e).__name__}: {str(e)[:200]}")
+        conn.send(out)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    # a worker stuck in a hung task would outlive a killed trainer; EOF only reaches an idle one
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 class _Worker:
-    def __init__(self, ctx, fn):
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, fn), daemon=True)
-        self.proc.start()
-        child.close()
+    def __init__(self, fn: Callable):
+        mine, theirs = socket.socketpair()
+        self.proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),))
+        theirs.close()
+        self.conn = Connection(mine.detach())
         self.task: int | None = None
         self.deadline = 0.0
+        try:
+            self.conn.send(sys.path)
+            self.conn.send(fn)
+        except OSError:  # it died at once; the first task sent finds out
+            pass
+
+    def why_dead(self) -> str:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "worker stopped answering"
+        return f"worker died (killed by signal {-code})" if code < 0 else f"worker died (exit code {code})"
 
     def kill(self):
         self.proc.kill()
-        self.proc.join(timeout=5)
+        self.proc.wait()
         self.conn.close()
 
 
 class Pool:
-    """`workers` processes running `fn` (a module-level function: it is pickled by reference).
-    `spawn` processes: the trainer is multi-threaded (JAX), where fork is unsafe."""
+    """`workers` processes running `fn` (a module-level function: it is pickled by reference)."""
 
     def __init__(self, fn: Callable, workers: int = 2):
         self.fn, self.n = fn, max(1, workers)
-        self.ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = []
 
     def _ensure(self):
-        self.workers = [w for w in self.workers if w.proc.is_alive()]
+        for w in [w for w in self.workers if w.task is None and w.proc.poll() is not None]:
+            self._replace(w)  # died while idle (between batches, or right after its last task)
         while len(self.workers) < self.n:
-            self.workers.append(_Worker(self.ctx, self.fn))
+            self.workers.append(_Worker(self.fn))
 
     def map(self, items: Sequence[tuple], timeout_s: float) -> list[tuple[bool, Any]]:
-        """[(True, result) | (False, reason)] in input order; never raises for a task's failure."""
+        """[(True, result) | (False, reason)] in input order; never raises for a task's failure
+        or a worker's death."""
         results: list[Any] = [None] * len(items)
         todo = list(range(len(items)))[::-1]
-        self._ensure()
-        busy: dict[Any, _Worker] = {}
+        resent: set[int] = set()
+        busy: dict[Connection, _Worker] = {}
         while todo or busy:
-            for w in self.workers:
-                if w.task is None and todo:
-                    i = todo.pop()
-                    w.task, w.deadline = i, time.monotonic() + timeout_s
+            self._ensure()
+            for w in [w for w in self.workers if w.task is None]:
+                if not todo:
+                    break
+                i = todo.pop()
+                try:
                     w.conn.send(items[i])
-                    busy[w.conn] = w
+                except OSError:  # dead before the task reached it: not the task's fault, send it again once
+                    reason = w.why_dead()
+                    self._replace(w)
+                    if i in resent:
+                        results[i] = (False, f"{reason} before the task")
+                    else:
+                        resent.add(i)
+                        todo.append(i)
+                    continue
+                w.task, w.deadline = i, time.monotonic() + timeout_s
+                busy[w.conn] = w
+            if not busy:
+                continue
             timeout = max(0.0, min(w.deadline for w in busy.values()) - time.monotonic())
-            ready = wait(list(busy), timeout=timeout)
-            for conn in ready:
+            for conn in wait(list(busy), timeout=timeout):
                 w = busy.pop(conn)
                 try:
                     results[w.task] = conn.recv()
+                    w.task = None
                 except (EOFError, OSError):
-                    results[w.task] = (False, f"worker died (exit code {w.proc.exitcode})")
+                    results[w.task] = (False, w.why_dead())
                     self._replace(w)
-                w.task = None
             now = time.monotonic()
             for conn, w in list(busy.items()):
                 if now >= w.deadline:
@@ -87,7 +141,7 @@ class Pool:
     def _replace(self, w: _Worker):
         w.kill()
         self.workers.remove(w)
-        self.workers.append(_Worker(self.ctx, self.fn))
+        self.workers.append(_Worker(self.fn))
 
     def close(self):
         for w in self.workers:
