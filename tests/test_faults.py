@@ -250,6 +250,18 @@ def test_verifier_worker_killed_mid_task_fails_only_that_task():
         pool.close()
 
 
+def test_a_slow_worker_start_is_not_the_tasks_time():
+    """Fresh workers that need 2 s to import their function, tasks with a 0.5 s timeout: the clock
+    starts when the worker is ready (it used to start at the send: every task timed out)."""
+    from tests.verifiers.slow_start import double
+
+    pool = Pool(double, workers=2)
+    try:
+        assert pool.map([(1,), (2,), (3,)], timeout_s=0.5) == [(True, 2), (True, 4), (True, 6)]
+    finally:
+        pool.close()
+
+
 def kill_when_busy(pool, task):
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -23,6 +23,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
+# A fresh worker's start-up (an interpreter importing math-verify / sympy: seconds, tens of seconds
+# on a loaded machine) is not the task's time: the task's deadline starts when the worker says it is
+# ready. Counting it made every task of a fresh worker time out under load, and the replacement
+# start over: all verdicts "timeout" while the trainer stalled.
+BOOT_S = 120.0
+_READY = "ready"
 # -P: no script directory or cwd on sys.path before the caller's is set (a stray random.py there
 # would shadow the stdlib)
 _BOOT = ("import sys; from multiprocessing.connection import Connection; c = Connection(int(sys.argv[1])); "
@@ -32,6 +38,7 @@ _BOOT = ("import sys; from multiprocessing.connection import Connection; c = Con
 def serve(conn: Connection) -> None:
     """The worker's loop: receive `fn` once, then (args) -> (True, result) | (False, reason)."""
     fn = conn.recv()  # pickled by reference: this imports its module
+    conn.send(_READY)
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     while True:
         try:
@@ -61,6 +68,7 @@ class _Worker:
         self.conn = Connection(mine.detach())
         self.task: int | None = None
         self.deadline = 0.0
+        self.ready = False
         try:
             self.conn.send(sys.path)
             self.conn.send(fn)
@@ -117,7 +125,7 @@ class Pool:
                         resent.add(i)
                         todo.append(i)
                     continue
-                w.task, w.deadline = i, time.monotonic() + timeout_s
+                w.task, w.deadline = i, time.monotonic() + timeout_s + (0.0 if w.ready else BOOT_S)
                 busy[w.conn] = w
             if not busy:
                 continue
@@ -125,7 +133,11 @@ class Pool:
             for conn in wait(list(busy), timeout=timeout):
                 w = busy.pop(conn)
                 try:
-                    results[w.task] = conn.recv()
+                    msg = conn.recv()
+                    if not w.ready and msg == _READY:  # started: the task's own clock starts now
+                        w.ready, w.deadline, busy[conn] = True, time.monotonic() + timeout_s, w
+                        continue
+                    results[w.task] = msg
                     w.task = None
                 except (EOFError, OSError):
                     results[w.task] = (False, w.why_dead())
@@ -134,7 +146,8 @@ class Pool:
             for conn, w in list(busy.items()):
                 if now >= w.deadline:
                     busy.pop(conn)
-                    results[w.task] = (False, f"timeout after {timeout_s:g}s")
+                    results[w.task] = (False, f"timeout after {timeout_s:g}s" if w.ready
+                                       else f"worker did not start within {BOOT_S:g}s")
                     self._replace(w)
         return results
 
