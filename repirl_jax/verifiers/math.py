@@ -89,7 +89,7 @@ def verify_math_batch(pairs, timeout_s: float = 5.0, workers: int = 2) -> list[V
     from .pool import Pool
 
     if workers not in _POOLS:  # workers stay up between batches: spawning costs ~1 s each
-        _POOLS[workers] = Pool(_judge, workers)
+        _POOLS[workers] = Pool(_judge, workers, warmup=("\\boxed{1}", "1"))  # math-verify's first parse: seconds
     out = []
     for (ok, res), (resp, gold) in zip(_POOLS[workers].map([(r, g) for r, g in pairs], timeout_s), pairs):
         if not ok:

@@ -38,6 +38,12 @@ _BOOT = ("import sys; from multiprocessing.connection import Connection; c = Con
 def serve(conn: Connection) -> None:
     """The worker's loop: receive `fn` once, then (args) -> (True, result) | (False, reason)."""
     fn = conn.recv()  # pickled by reference: this imports its module
+    warmup = conn.recv()
+    if warmup is not None:  # lazy initialisation inside fn (a parser's grammar) is start-up too
+        try:
+            fn(*warmup)
+        except BaseException:
+            pass
     conn.send(_READY)
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     while True:
@@ -60,7 +66,7 @@ def _exit_when_orphaned(parent: int) -> None:
 
 
 class _Worker:
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, warmup: tuple | None):
         mine, theirs = socket.socketpair()
         self.proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, str(theirs.fileno())],
                                      pass_fds=(theirs.fileno(),))
@@ -72,6 +78,7 @@ class _Worker:
         try:
             self.conn.send(sys.path)
             self.conn.send(fn)
+            self.conn.send(warmup)
         except OSError:  # it died at once; the first task sent finds out
             pass
 
@@ -89,17 +96,19 @@ class _Worker:
 
 
 class Pool:
-    """`workers` processes running `fn` (a module-level function: it is pickled by reference)."""
+    """`workers` processes running `fn` (a module-level function: it is pickled by reference).
+    `warmup`: arguments fn runs once in each fresh worker before the worker counts as started (its
+    first real task's clock starts after that)."""
 
-    def __init__(self, fn: Callable, workers: int = 2):
-        self.fn, self.n = fn, max(1, workers)
+    def __init__(self, fn: Callable, workers: int = 2, warmup: tuple | None = None):
+        self.fn, self.n, self.warmup = fn, max(1, workers), warmup
         self.workers: list[_Worker] = []
 
     def _ensure(self):
         for w in [w for w in self.workers if w.task is None and w.proc.poll() is not None]:
             self._replace(w)  # died while idle (between batches, or right after its last task)
         while len(self.workers) < self.n:
-            self.workers.append(_Worker(self.fn))
+            self.workers.append(_Worker(self.fn, self.warmup))
 
     def map(self, items: Sequence[tuple], timeout_s: float) -> list[tuple[bool, Any]]:
         """[(True, result) | (False, reason)] in input order; never raises for a task's failure
@@ -154,7 +163,7 @@ class Pool:
     def _replace(self, w: _Worker):
         w.kill()
         self.workers.remove(w)
-        self.workers.append(_Worker(self.fn))
+        self.workers.append(_Worker(self.fn, self.warmup))
 
     def close(self):
         for w in self.workers:
