@@ -129,14 +129,19 @@ def cmd_train(args) -> int:
     return 0
 
 
-BENCHES = ("sampler", "step_memory", "step", "iteration", "attention")
+BENCHES = ("sampler", "step_memory", "step", "iteration", "attention", "rollout")
 
 
 def cmd_bench(args) -> int:
     """Side-by-side benchmarks from benchmarks/ (peers from the `test`/`bench` extras)."""
     import importlib
 
-    importlib.import_module(f"benchmarks.{args.name}").run(out=args.out, reps=args.reps)
+    if args.mode and args.name != "rollout":
+        from .config import ConfigError
+
+        raise ConfigError(f"bench {args.name}: --mode is an option of bench rollout only")
+    mode = {"mode": args.mode} if args.mode else {}
+    importlib.import_module(f"benchmarks.{args.name}").run(out=args.out, reps=args.reps, **mode)
     return 0
 
 
@@ -215,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=BENCHES)
     b.add_argument("--out", help="write the result JSON here")
     b.add_argument("--reps", type=int, default=3, help="timed repetitions per side (median reported)")
+    b.add_argument("--mode", choices=("synthetic", "smollm2"), help="rollout: a counting model with log-normal "
+                   "lengths (default), or SmolLM2-135M on gsm_symbolic prompts")
     b.set_defaults(fn=cmd_bench)
 
     pl = sub.add_parser("plan", help="per-device memory of a config on a TPU slice or N devices; refuses a run "
