@@ -53,7 +53,7 @@ def cmd_eval(args) -> int:
     rep = eval_runner.evaluate(pc, params, tok, problems, enc.ids, scorer=scorer, init_scorer=init, samples=args.samples,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                                beam=args.beam, expansions=args.expansions, workers=args.workers,
-                               max_prompts=d.rollout_prompts)
+                               max_prompts=d.rollout_prompts, slots=d.rollout_slots)
     print(rep.markdown())
     if args.out:
         with open(args.out, "w") as f:
@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="a data field, e.g. data.min_steps=3, "
                    "data.modulus=100, data.max_prompt_len=256 (longer prompts are dropped, and counted), or "
-                   "data.rollout_prompts=16 (prompts per sampler call: bounds the KV cache); the data. is optional")
+                   "data.rollout_prompts=16 (prompts per sampler call: bounds the KV cache), data.rollout_slots=32 "
+                   "(continuous batching with 32 decode slots, also for --beam); the data. is optional")
     e.add_argument("--out", help="write summary and per-problem results here (JSON)")
     e.add_argument("--beam", type=int, default=0, metavar="B", help="PRM step-level beam search of width B, steps "
                    "ending at a newline, at --temperature (needs --prm): the prm_beam metric")
