@@ -226,7 +226,7 @@ class DataConfig:
         _check(self, "rollout_prompts", self.rollout_prompts >= 0, "must be >= 0 (0 = all prompts in one call)")
         _check(self, "rollout_slots", self.rollout_slots >= 0, "must be >= 0 (0 = the static sampler)")
         _check(self, "rollout_slots", not (self.rollout_slots and self.rollout_prompts),
-               f"and rollout_prompts={self.rollout_prompts} both bound the rollout KV cache: set one")
+               f"rollout_prompts={self.rollout_prompts} also bounds the rollout KV cache: set one of the two")
         _check(self, "acc_high", 0 <= self.acc_low <= self.acc_high <= 1, "need 0 <= acc_low <= acc_high <= 1")
 
 

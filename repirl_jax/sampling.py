@@ -14,6 +14,14 @@ State of the decode loop (all device arrays, N = prompts * num_samples, M = max_
   sample_lp   f32   [N, M]      log-prob under the distribution actually sampled from
 Randomness: the draw of row n at step t uses fold_in(fold_in(key(seed), n), t), so it does not
 depend on the batch's other rows or on how the batch is sharded.
+
+Continuous batching (generate(slots=S)): R = prompts * num_samples requests share S decode slots.
+Per slot: req (its request, R = none), step (its own next output index), done (ended or empty:
+free), last, recent, valid [S, P + M], pos (RoPE position of its first new token), and its row of
+the cache [layers, S, kv_heads, P + M, head_dim], written at its own index P + step - 1. A free
+slot is refilled by prefilling the next waiting request (queue) into the cache row's first P slots;
+every slot then decodes together. Outputs are written at (req, step) into [R, M] buffers, so row r
+is request r: the static sampler's row r, drawn with the same keys.
 """
 from __future__ import annotations
 

@@ -83,11 +83,11 @@ def beam_search(pc, params, scorer, prompt_ids: Sequence[Sequence[int]], *, beam
     beams = [[Beam((), float("-inf"), False)] for _ in range(P)]
     steps = 0
     while steps < max_steps and not all(b.done for bs in beams for b in bs):
-        slots, rows = [], []  # slots[p][i]: the beam expanded in slot i (None: padding)
+        expanded, rows = [], []  # expanded[p][i]: the beam expanded in slot i (None: padding)
         for p in range(P):
             live = [b for b in beams[p] if not b.done]
             s = [live[i % len(live)] for i in range(B)] if live else [None] * B
-            slots.append(s)
+            expanded.append(s)
             rows += [list(prompt_ids[p]) + list(b.tokens if b else ()) for b in s]
         # one sampler call per step; a step may not run past the model's context
         cap = min(step_tokens, max_len - max(len(r) for r in rows))
@@ -98,7 +98,7 @@ def beam_search(pc, params, scorer, prompt_ids: Sequence[Sequence[int]], *, beam
                                 eos_id=sorted(eos) or None, stop=stop, seed=seed * 1_000_003 + steps, slots=slots)
         cands = []
         for p in range(P):
-            for i, b in enumerate(slots[p]):
+            for i, b in enumerate(expanded[p]):
                 for k in range(M):
                     j = (p * B + i) * M + k
                     new = tuple(int(t) for t in out.tokens[j][out.mask[j]])
@@ -106,7 +106,7 @@ def beam_search(pc, params, scorer, prompt_ids: Sequence[Sequence[int]], *, beam
         scores = _score_prefixes(scorer, prompt_ids, cands, B * M)
         scores = np.where(np.isnan(scores), -np.inf, scores)  # a NaN score is never kept over a real one
         for p in range(P):
-            if slots[p][0] is None:
+            if expanded[p][0] is None:
                 continue  # every beam of this problem is finished
             pool = [b for b in beams[p] if b.done]
             for j in range(p * B * M, (p + 1) * B * M):

@@ -128,12 +128,28 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     (["--set", "prm.loss=magic"], "PRMConfig.loss='magic'"),
     (["--set", "train.steps=many"], "train.steps=many: expected a int"),
     (["--set", "data.samples=1"], "DataConfig.samples=1"),
+    (["--set", "data.rollout_slots=2", "--set", "data.rollout_prompts=1"], "DataConfig.rollout_slots=2: rollout_prompts=1"),
+    (["--set", "mesh.shape=2,2,2", "--set", "data.rollout_slots=2"],
+     "data.rollout_slots=2: must be a multiple of the mesh's batch shards (4)"),
     (["--set", "data.task=gsm8k", "--set", "data.path=/nonexistent/gsm8k.jsonl"], "/nonexistent/gsm8k.jsonl: file not found"),
 ])
 def test_bad_overrides_are_one_line(tmp_path, args, needle):
     r = train(tmp_path / "w", *args)
     errors = [l for l in r.stderr.splitlines() if "error" in l]
     assert r.returncode == 2 and len(errors) == 1 and needle in errors[0], r.stderr[-1500:]
+
+
+def test_continuous_batching_trains_like_the_static_sampler(tmp_path):
+    """data.rollout_slots=2: the rollouts and the held-out eval through 2 decode slots are the
+    static sampler's, so every metric of every step is too."""
+    untimed = lambda path: [{k: v for k, v in json.loads(l).items() if not k.endswith("_s")} for l in open(path)]
+    runs = {}
+    for name, extra in (("static", []), ("slots", ["--set", "data.rollout_slots=2"])):
+        r = train(tmp_path / name, "--set", "train.steps=2", "--set", "train.checkpoint_every=0", *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[name] = untimed(tmp_path / name / "metrics.jsonl")
+    assert [row["step"] for row in runs["slots"]] == [1, 2] and "eval_pass@1" in runs["slots"][-1]
+    assert runs["slots"] == runs["static"]
 
 
 def test_missing_config_and_incompatible_workdir(tmp_path):
