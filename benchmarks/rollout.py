@@ -75,7 +75,7 @@ def side(fn, warm, reps: int, slots_note: str) -> dict:
 
 def run(out: str | None = None, reps: int = 1, mode: str = "synthetic", slots: int = 16, requests: int = 128,
         samples: int = 4, max_new: int | None = None, layers: int = 4, vocab: int = 4096, chunk: int = 8,
-        refill_rows: int = 1, small: bool = False) -> dict:
+        small: bool = False) -> dict:
     from repirl_jax import sampling
 
     if mode == "synthetic":
@@ -97,8 +97,8 @@ def run(out: str | None = None, reps: int = 1, mode: str = "synthetic", slots: i
     gen = lambda n, **extra: (lambda: sampling.generate(cfg, params, prompts, max_new_tokens=n, **kw, **extra))
     sides = {
         "static": dict(max_prompts=slots // K),
-        "continuous": dict(slots=slots, refill_rows=refill_rows),
-        "chunked": dict(slots=slots, refill_rows=refill_rows, refill_every=chunk),
+        "continuous": dict(slots=slots),
+        "chunked": dict(slots=slots, refill_every=chunk),
     }
     res = {k: side(gen(max_new, **v), gen(warm_new, **v), reps, str(v)) for k, v in sides.items()}
     st, co, ch = (res[k].pop("out") for k in ("static", "continuous", "chunked"))
@@ -106,7 +106,7 @@ def run(out: str | None = None, reps: int = 1, mode: str = "synthetic", slots: i
     lengths = st.lengths
     result = dict(
         bench="rollout", mode=mode, model=model, requests=len(prompts) * K, samples=K, slots=slots, max_new=max_new,
-        refill_rows=refill_rows, chunk=chunk, reps=reps, temperature=1.0,
+        chunk=chunk, reps=reps, temperature=1.0,
         lengths=dict(mean=float(lengths.mean()), p50=float(np.median(lengths)), p90=float(np.percentile(lengths, 90)),
                      max=int(lengths.max())),
         lengths_as_drawn=None if want_len is None else bool(np.array_equal(lengths, want_len)),
@@ -134,7 +134,5 @@ if __name__ == "__main__":
     ap.add_argument("--max-new", type=int, default=None)
     ap.add_argument("--layers", type=int, default=4, help="synthetic mode")
     ap.add_argument("--chunk", type=int, default=8, help="decode steps between refills on the chunked side")
-    ap.add_argument("--refill-rows", type=int, default=1)
     a = ap.parse_args()
-    run(a.out, a.reps, a.mode, a.slots, a.requests, a.samples, a.max_new, a.layers, chunk=a.chunk,
-        refill_rows=a.refill_rows)
+    run(a.out, a.reps, a.mode, a.slots, a.requests, a.samples, a.max_new, a.layers, chunk=a.chunk)

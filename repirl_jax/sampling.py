@@ -19,8 +19,9 @@ Continuous batching (generate(slots=S)): R = prompts * num_samples requests shar
 Per slot: req (its request, R = none), step (its own next output index), done (ended or empty:
 free), last, recent, valid [S, P + M], pos (RoPE position of its first new token), and its row of
 the cache [layers, S, kv_heads, P + M, head_dim], written at its own index P + step - 1. A free
-slot is refilled by prefilling the next waiting request (queue) into the cache row's first P slots;
-every slot then decodes together. Outputs are written at (req, step) into [R, M] buffers, so row r
+slot takes the next waiting request (queue): its prompt's keys and values are copied into the
+row's first P slots from a one-row staging cache (stage, staged = its prompt), where each prompt is
+prefilled once for its K samples; every slot then decodes together. Outputs are written at (req, step) into [R, M] buffers, so row r
 is request r: the static sampler's row r, drawn with the same keys.
 """
 from __future__ import annotations
@@ -195,17 +196,19 @@ def _slot_state(cfg: ModelConfig, S: int, P: int, M: int, W: int, R: int, layout
     """The continuous sampler's state before any slot is filled (module doc: slots S, requests R)."""
     z = lambda shape, dt, v=0: jnp.full(shape, v, dt)
     cache = transformer.init_cache(cfg, S, P + M, layout)  # k and v are one buffer there: the state is donated
-    return dict(cache=dict(cache, v=cache["v"].copy()), req=z((S,), jnp.int32, R),
+    stage = transformer.init_cache(cfg, 1, P)
+    return dict(cache=dict(cache, v=cache["v"].copy()), stage=dict(stage, v=stage["v"].copy()),
+                stage_logits=z((1, cfg.vocab_size), jnp.float32), staged=jnp.int32(-1), req=z((S,), jnp.int32, R),
                 step=z((S,), jnp.int32), last=z((S,), jnp.int32), done=z((S,), bool, True),
                 recent=z((S, W), jnp.int32, -2), valid=z((S, P + M), bool), pos=z((S,), jnp.int32),
                 queue=jnp.int32(0), iters=jnp.int32(0), tokens=z((R, M), jnp.int32), mask=z((R, M), bool),
                 logprobs=z((R, M), jnp.float32), sample_lp=z((R, M), jnp.float32))
 
 
-@partial(jax.jit, static_argnames=("cfg", "num_samples", "refill", "in_loop", "top_k", "nucleus", "greedy", "layout"),
+@partial(jax.jit, static_argnames=("cfg", "num_samples", "in_loop", "top_k", "nucleus", "greedy", "layout"),
          donate_argnames=("s",))
 def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temperature, top_p, min_p, limit, eos_E,
-               stop_JW, until, *, num_samples: int, refill: int, in_loop: bool, top_k: int, nucleus: bool,
+               stop_JW, until, *, num_samples: int, in_loop: bool, top_k: int, nucleus: bool,
                greedy: bool, layout: Layout | None):
     """Continuous batching: fills free slots with waiting requests, then decodes all slots until
     `until` decode steps have run or nothing is left (in_loop: free slots are refilled after every
@@ -215,7 +218,8 @@ def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temp
     its tokens are the static sampler's row r: only the slot it runs in and when differ.
     """
     B, P = tokens_BP.shape
-    (S, X), R, r = s["valid"].shape, B * num_samples, refill
+    (S, X), R = s["valid"].shape, B * num_samples
+    pos_BP = jnp.maximum(jnp.cumsum(valid_BP, axis=-1) - 1, 0).astype(jnp.int32)
 
     def pick(logits_NV, req_N, step_N):
         keys = _row_keys(key, row0 + req_N, step_N)
@@ -231,30 +235,34 @@ def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temp
                     done=s["done"] | ended | live & (s["step"] + 1 >= limit), tokens=put(s["tokens"], tok),
                     mask=put(s["mask"], live), logprobs=put(s["logprobs"], lp_S), sample_lp=put(s["sample_lp"], slp_S))
 
-    def refill_some(s):
-        """Prefills the next r waiting requests into the first r free slots (fewer at the end)."""
-        slot_r = jnp.nonzero(s["done"], size=r, fill_value=S)[0]
-        req_r = s["queue"] + jnp.arange(r, dtype=jnp.int32)
-        ok_r = (slot_r < S) & (req_r < R)
-        slot_r, req_r = jnp.where(ok_r, slot_r, S), jnp.where(ok_r, req_r, R)
-        b_r = jnp.minimum(req_r, R - 1) // num_samples
-        tok_rP, val_rP = tokens_BP[b_r], valid_BP[b_r]
-        pos_rP = jnp.maximum(jnp.cumsum(val_rP, axis=-1) - 1, 0).astype(jnp.int32)
-        # a cache of the prompt's length only: the static prefill's empty completion slots add exact zeros
-        h_rPD, new = transformer.hidden_states(cfg, params, tok_rP, positions_BL=pos_rP, valid_BS=val_rP,
-                                               cache=transformer.init_cache(cfg, r, P), cache_index=0, layout=layout)
-        tok, lp, slp = pick(transformer.unembed(cfg, params, h_rPD[:, -1:], layout)[:, 0], req_r,
-                            jnp.zeros((r,), jnp.int32))
-        at = lambda buf, v: buf.at[slot_r].set(v, mode="drop")
-        s = dict(s, cache=jax.tree.map(lambda c, n: c.at[:, slot_r, :, :P].set(n, mode="drop"), s["cache"], new),
-                 req=at(s["req"], req_r), step=at(s["step"], 0), done=at(s["done"], False),
-                 recent=at(s["recent"], -2), valid=at(s["valid"], jnp.concatenate([val_rP, jnp.ones((r, X - P), bool)], 1)),
-                 pos=at(s["pos"], pos_rP[:, -1] + 1), queue=s["queue"] + jnp.sum(ok_r))
-        zeros = lambda v: at(jnp.zeros((S,), v.dtype), v)
-        return emit(s, zeros(ok_r), zeros(tok), zeros(lp), zeros(slp))
+    def prefill(b):
+        """Prompt b's keys, values (a cache of the prompt's length: the static prefill's empty
+        completion slots only add exact zeros) and next-token logits, staged for its K samples."""
+        h_1PD, stage = transformer.hidden_states(cfg, params, tokens_BP[b][None], positions_BL=pos_BP[b][None],
+                                                 valid_BS=valid_BP[b][None], cache=transformer.init_cache(cfg, 1, P),
+                                                 cache_index=0, layout=layout)
+        return stage, transformer.unembed(cfg, params, h_1PD[:, -1:], layout)[:, 0]
+
+    def refill_one(s):
+        """The next waiting request takes the first free slot: its prompt is prefilled once (when
+        its first sample is placed) and each sample copies the staged keys, as the static sampler
+        shares one prefill between the K samples."""
+        slot, req = jnp.argmax(s["done"]), s["queue"]
+        b = req // num_samples
+        stage, logits_1V = jax.lax.cond(s["staged"] == b, lambda: (s["stage"], s["stage_logits"]), lambda: prefill(b))
+        tok, lp, slp = pick(logits_1V, req[None], jnp.zeros((1,), jnp.int32))
+        at = lambda buf, v: buf.at[slot].set(v)
+        s = dict(s, cache=jax.tree.map(lambda c, n: jax.lax.dynamic_update_slice(c, n, (0, slot, 0, 0, 0)), s["cache"],
+                                       stage),
+                 stage=stage, stage_logits=logits_1V, staged=b, req=at(s["req"], req), step=at(s["step"], 0),
+                 done=at(s["done"], False), recent=at(s["recent"], -2),
+                 valid=at(s["valid"], jnp.concatenate([valid_BP[b], jnp.ones((X - P,), bool)])),
+                 pos=at(s["pos"], pos_BP[b, -1] + 1), queue=req + 1)
+        one = lambda v: jnp.zeros((S,), v.dtype).at[slot].set(v[0])
+        return emit(s, one(jnp.ones((1,), bool)), one(tok), one(lp), one(slp))
 
     def fill(s):
-        return jax.lax.while_loop(lambda s: jnp.any(s["done"]) & (s["queue"] < R), refill_some, s)
+        return jax.lax.while_loop(lambda s: jnp.any(s["done"]) & (s["queue"] < R), refill_one, s)
 
     def decode(s):
         h_S1D, cache = transformer.hidden_states(
@@ -284,7 +292,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
              num_samples: int = 1, eos_id: int | Sequence[int] | None = None,
              stop: Sequence[Sequence[int]] = (), seed: int = 0, pad_id: int = 0, max_len: int | None = None,
-             max_prompts: int = 0, slots: int = 0, refill_every: int = 0, refill_rows: int = 1,
+             max_prompts: int = 0, slots: int = 0, refill_every: int = 0,
              prompt_len: int = 0, layout: Layout | None = None) -> GenerateOutput:
     """Samples `num_samples` completions per prompt (token-id lists of any lengths).
 
@@ -302,8 +310,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     slots > 0 is continuous batching instead: that many decode slots (the KV cache's rows); when a
     row ends, the next waiting sample takes its slot, so long rows no longer hold short ones'
     slots idle. Same tokens as the static sampler, row for row. refill_every 0 refills inside the
-    compiled decode loop; n > 0 between compiled chunks of n decode steps. refill_rows: requests
-    prefilled together. prompt_len: the prompt bucket (0 = the longest prompt's power of two); one
+    compiled decode loop; n > 0 between compiled chunks of n decode steps. prompt_len: the prompt bucket (0 = the longest prompt's power of two); one
     fixed value keeps one compile across calls.
     """
     max_len = cfg.max_position_embeddings if max_len is None else max_len
@@ -327,9 +334,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         raise ValueError(f"generate: top_k={top_k}: must be >= 0")
     if max_prompts < 0:
         raise ValueError(f"generate: max_prompts={max_prompts}: must be >= 0 (0 = all at once)")
-    if slots < 0 or refill_every < 0 or refill_rows < 1:
-        raise ValueError(f"generate: slots={slots}, refill_every={refill_every}, refill_rows={refill_rows}: need "
-                         "slots >= 0, refill_every >= 0, refill_rows >= 1")
+    if slots < 0 or refill_every < 0:
+        raise ValueError(f"generate: slots={slots}, refill_every={refill_every}: both must be >= 0")
     if slots and max_prompts:
         raise ValueError(f"generate: slots={slots} and max_prompts={max_prompts}: set one (both bound the KV cache)")
     if slots and layout is not None and slots % layout.batch_size_multiple:
@@ -354,7 +360,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     static = dict(num_samples=num_samples, top_k=top_k, nucleus=top_p < 1, greedy=temperature == 0, layout=layout)
     if slots:
         return _generate_continuous(cfg, params, tokens, valid, seed, consts, static, slots=slots,
-                                    refill_every=refill_every, refill_rows=refill_rows, max_new_tokens=max_new_tokens,
+                                    refill_every=refill_every, max_new_tokens=max_new_tokens,
                                     W=W, pad_id=pad_id)
     chunk = B if max_prompts <= 0 else min(max_prompts, B)
     n_chunks = -(-B // chunk)
@@ -381,23 +387,23 @@ def kv_cache_bytes(cfg: ModelConfig, rows: int, length: int) -> int:
 
 
 def _generate_continuous(cfg, params, tokens_BP, valid_BP, seed, consts, static, *, slots, refill_every,
-                         refill_rows, max_new_tokens, W, pad_id) -> GenerateOutput:
+                         max_new_tokens, W, pad_id) -> GenerateOutput:
     """The host side of continuous batching: one `_run_slots` call (refills inside the compiled
     loop), or with refill_every = n one call per n decode steps, refilling between calls."""
     (B, P), K, M, layout = tokens_BP.shape, static["num_samples"], bucket(max_new_tokens), static["layout"]
-    R, r = B * K, min(refill_rows, slots)
+    R = B * K
     put = (lambda x: x) if layout is None else (lambda x: layout.put(x, (None, None)))  # every slot may read any prompt
     args = (put(tokens_BP), put(valid_BP), jax.random.key(seed), jnp.int32(0), *consts)
     s, until = _slot_state(cfg, slots, P, M, W, R, layout), 0
     while True:
         until = until + refill_every if refill_every else 2 ** 30
-        s, finished = _run_slots(cfg, params, s, *args, jnp.int32(until), refill=r, in_loop=not refill_every, **static)
+        s, finished = _run_slots(cfg, params, s, *args, jnp.int32(until), in_loop=not refill_every, **static)
         if not refill_every or bool(finished):
             break
     toks, mask, lp, slp = (to_host(s[k])[:, :max_new_tokens] for k in ("tokens", "mask", "logprobs", "sample_lp"))
     return GenerateOutput(tokens=np.where(mask, toks, pad_id).astype(np.int32), mask=mask, logprobs=lp,
                           sample_logprobs=slp, slot_steps=int(s["iters"]) * slots + R,
-                          kv_cache_bytes=kv_cache_bytes(cfg, slots, P + M) + kv_cache_bytes(cfg, r, P))
+                          kv_cache_bytes=kv_cache_bytes(cfg, slots, P + M) + kv_cache_bytes(cfg, 1, P))
 
 
 def chat(cfg: ModelConfig, params, tokenizer, conversations: Sequence[Sequence[dict] | str], *,
