@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import arg_parser, median_time, report
+from .common import arg_parser, report
 
 
 def counting_model(vocab: int, layers: int, width: int = 576, seed: int = 0):
@@ -62,15 +62,26 @@ def smollm2_requests(n: int):
     return cfg, params, prompts.encode(packaged.gsm_symbolic(n), models.load_tokenizer(path), 1024).ids
 
 
-def side(fn, warm, reps: int, slots_note: str) -> dict:
-    """Compiles with `warm` (same shapes, fewer decode steps), then times `fn` (median of reps)."""
-    warm()
-    outs = []
-    t, times = median_time(lambda: outs.append(fn()), reps)
-    o = outs[-1]
-    useful = int(o.mask.sum())
-    return dict(out=o, s=t, times=times, tok_s=useful / t, useful_tokens=useful, slot_steps=o.slot_steps,
-                slot_utilisation=useful / o.slot_steps, kv_cache_bytes=o.kv_cache_bytes, slots=slots_note)
+def timed_sides(sides: dict, warm: dict, reps: int) -> dict:
+    """Compiles every side with `warm` (same shapes, fewer decode steps), then times the sides
+    interleaved, rep by rep (other work on the machine then slows all sides alike); medians."""
+    import statistics
+    import time
+
+    for w in warm.values():
+        w()
+    times, outs = {k: [] for k in sides}, {}
+    for _ in range(reps):
+        for k, fn in sides.items():
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+    res = {}
+    for k, o in outs.items():
+        t, useful = statistics.median(times[k]), int(o.mask.sum())
+        res[k] = dict(out=o, s=t, times=times[k], tok_s=useful / t, useful_tokens=useful, slot_steps=o.slot_steps,
+                      slot_utilisation=useful / o.slot_steps, kv_cache_bytes=o.kv_cache_bytes)
+    return res
 
 
 def run(out: str | None = None, reps: int = 1, mode: str = "synthetic", slots: int = 16, requests: int = 128,
@@ -100,13 +111,14 @@ def run(out: str | None = None, reps: int = 1, mode: str = "synthetic", slots: i
         "continuous": dict(slots=slots),
         "chunked": dict(slots=slots, refill_every=chunk),
     }
-    res = {k: side(gen(max_new, **v), gen(warm_new, **v), reps, str(v)) for k, v in sides.items()}
+    res = timed_sides({k: gen(max_new, **v) for k, v in sides.items()}, {k: gen(warm_new, **v) for k, v in sides.items()},
+                      reps)
     st, co, ch = (res[k].pop("out") for k in ("static", "continuous", "chunked"))
     same = lambda a: bool(np.array_equal(a.tokens, st.tokens) and np.array_equal(a.mask, st.mask))
     lengths = st.lengths
     result = dict(
         bench="rollout", mode=mode, model=model, requests=len(prompts) * K, samples=K, slots=slots, max_new=max_new,
-        chunk=chunk, reps=reps, temperature=1.0,
+        chunk=chunk, reps=reps, temperature=1.0, sides={k: str(v) for k, v in sides.items()},
         lengths=dict(mean=float(lengths.mean()), p50=float(np.median(lengths)), p90=float(np.percentile(lengths, 90)),
                      max=int(lengths.max())),
         lengths_as_drawn=None if want_len is None else bool(np.array_equal(lengths, want_len)),
