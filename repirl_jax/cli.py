@@ -59,7 +59,7 @@ def cmd_eval(args) -> int:
     rep = eval_runner.evaluate(pc, params, tok, problems, enc.ids, scorer=scorer, init_scorer=init, samples=args.samples,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                                beam=args.beam, expansions=args.expansions, workers=args.workers,
-                               max_prompts=d.rollout_prompts)
+                               max_prompts=d.rollout_prompts, slots=d.rollout_slots)
     print(rep.markdown())
     if args.out:
         with open(args.out, "w") as f:
@@ -135,7 +135,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-BENCHES = ("sampler", "step_memory", "step", "iteration", "attention")
+BENCHES = ("sampler", "step_memory", "step", "iteration", "attention", "rollout")
 # What a subcommand imports beyond install_requires, checked before any work starts (`bench
 # iteration` would otherwise find TRL missing after running our side for 20 minutes).
 BENCH_EXTRA = "pip install -e '.[bench]'"
@@ -161,7 +161,12 @@ def cmd_bench(args) -> int:
     """Side-by-side benchmarks from benchmarks/ (peers from the `test`/`bench` extras)."""
     import importlib
 
-    importlib.import_module(f"benchmarks.{args.name}").run(out=args.out, reps=args.reps)
+    if args.mode and args.name != "rollout":
+        from .config import ConfigError
+
+        raise ConfigError(f"bench {args.name}: --mode is an option of bench rollout only")
+    mode = {"mode": args.mode} if args.mode else {}
+    importlib.import_module(f"benchmarks.{args.name}").run(out=args.out, reps=args.reps, **mode)
     return 0
 
 
@@ -204,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="a data field, e.g. data.min_steps=3, "
                    "data.modulus=100, data.max_prompt_len=256 (longer prompts are dropped, and counted), or "
-                   "data.rollout_prompts=16 (prompts per sampler call: bounds the KV cache); the data. is optional")
+                   "data.rollout_prompts=16 (prompts per sampler call: bounds the KV cache), data.rollout_slots=32 "
+                   "(continuous batching with 32 decode slots, also for --beam); the data. is optional")
     e.add_argument("--out", help="write summary and per-problem results here (JSON)")
     e.add_argument("--beam", type=int, default=0, metavar="B", help="PRM step-level beam search of width B, steps "
                    "ending at a newline, at --temperature (needs --prm): the prm_beam metric")
@@ -240,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=BENCHES)
     b.add_argument("--out", help="write the result JSON here")
     b.add_argument("--reps", type=int, default=3, help="timed repetitions per side (median reported)")
+    b.add_argument("--mode", choices=("synthetic", "smollm2"), help="rollout: a counting model with log-normal "
+                   "lengths (default), or SmolLM2-135M on gsm_symbolic prompts")
     b.set_defaults(fn=cmd_bench)
 
     pl = sub.add_parser("plan", help="per-device memory of a config on a TPU slice or N devices; refuses a run "

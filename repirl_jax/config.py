@@ -216,6 +216,9 @@ class DataConfig:
     max_new_tokens: int = 48
     temperature: float = 1.0
     rollout_prompts: int = 0  # prompts per sampler call (bounds the rollout KV cache); 0 = all at once
+    # continuous batching for rollouts, eval and beam search: this many decode slots (the KV cache's
+    # rows; a finished row's slot takes the next waiting sample); 0 = the static sampler
+    rollout_slots: int = 0
 
     def __post_init__(self):
         _check(self, "task", self.task in TASKS, f"expected one of {TASKS}")
@@ -223,6 +226,9 @@ class DataConfig:
         _check(self, "samples", self.samples >= 2, "RLOO needs >= 2 rollouts per prompt")
         _check(self, "oversample", self.oversample >= 1, "must be >= 1")
         _check(self, "rollout_prompts", self.rollout_prompts >= 0, "must be >= 0 (0 = all prompts in one call)")
+        _check(self, "rollout_slots", self.rollout_slots >= 0, "must be >= 0 (0 = the static sampler)")
+        _check(self, "rollout_slots", not (self.rollout_slots and self.rollout_prompts),
+               f"rollout_prompts={self.rollout_prompts} also bounds the rollout KV cache: set one of the two")
         _check(self, "acc_high", 0 <= self.acc_low <= self.acc_high <= 1, "need 0 <= acc_low <= acc_high <= 1")
 
 

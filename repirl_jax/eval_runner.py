@@ -34,9 +34,10 @@ class Rollouts:
 
 def rollouts(pc: ModelConfig, params, tok, problems, prompt_ids, *, n: int = 1, temperature: float = 0.0,
              max_new_tokens: int = 256, seed: int = 0, timeout_s: float = 5.0, workers: int = 2,
-             max_prompts: int = 0, layout=None) -> Rollouts:
+             max_prompts: int = 0, slots: int = 0, layout=None) -> Rollouts:
     out = sampling.generate(pc, params, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                            num_samples=n, eos_id=pc.eos_ids, seed=seed, max_prompts=max_prompts, layout=layout)
+                            num_samples=n, eos_id=pc.eos_ids, seed=seed, max_prompts=max_prompts, slots=slots,
+                            layout=layout)
     texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
     verdicts = verify([problems[i // n] for i in range(len(texts))], texts, timeout_s, workers)
     P = len(problems)
@@ -242,17 +243,18 @@ def _token_rewards(scorer: PRMScorer, prompt_ids, s: Rollouts, n: int, chunk: in
 
 def evaluate(pc: ModelConfig, params, tok, problems, prompt_ids, *, scorer: PRMScorer | None = None,
              init_scorer: PRMScorer | None = None, samples: int = 16, max_new_tokens: int, temperature: float = 1.0,
-             seed: int = 0, beam: int = 0, expansions: int = 4, workers: int = 2, max_prompts: int = 0, layout=None,
-             timeout_s: float = 5.0) -> EvalReport:
+             seed: int = 0, beam: int = 0, expansions: int = 4, workers: int = 2, max_prompts: int = 0, slots: int = 0,
+             layout=None, timeout_s: float = 5.0) -> EvalReport:
     """Greedy answers; with samples > 1, that many samples per problem at `temperature`, scored by
     `scorer` (when given) and the null scorers; with beam > 0, the PRM's step-level beam search
     (width beam, `expansions` samples per beam per step: beam * expansions candidates a step).
     init_scorer (with scorer): the same PRM untrained (PRMScorer.initial), the prm_init null.
+    slots > 0: continuous batching with that many decode slots for the samples and the beam search.
     The metrics: `report`."""
     if beam and scorer is None:
         raise ValueError("evaluate: beam search needs a scorer (the PRM guides it)")
     kw = dict(max_new_tokens=max_new_tokens, timeout_s=timeout_s, workers=workers, max_prompts=max_prompts,
-              layout=layout)
+              slots=slots, layout=layout)
     greedy = rollouts(pc, params, tok, problems, prompt_ids, **kw)
     sampled = rewards = init_rewards = step_of = beam_correct = None
     if samples > 1:
@@ -266,6 +268,6 @@ def evaluate(pc: ModelConfig, params, tok, problems, prompt_ids, *, scorer: PRMS
         beam_correct, _ = search.evaluate_beam(pc, params, scorer, tok, problems, prompt_ids, beam=beam,
                                                expansions=expansions, temperature=temperature,
                                                max_new_tokens=max_new_tokens, seed=seed, timeout_s=timeout_s,
-                                               workers=workers)
+                                               workers=workers, slots=slots)
     return report(problems, greedy, sampled, rewards, step_of, init_rewards_ST=init_rewards, beam_correct=beam_correct,
                   beam_n=beam * expansions if beam else 0, seed=seed)

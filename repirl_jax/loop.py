@@ -171,7 +171,7 @@ def evaluate(cfg: TrainConfig, pc, params, tok, problems, ids, step: int, layout
     """Held-out greedy pass@1 and, with train.eval_samples = k > 1, avg@k and pass@k at T=1."""
     t, T = cfg.train, cfg.data.max_new_tokens
     kw = dict(max_new_tokens=T, timeout_s=t.verify_timeout_s, workers=t.verify_workers,
-              max_prompts=cfg.data.rollout_prompts, layout=layout)
+              max_prompts=cfg.data.rollout_prompts, slots=cfg.data.rollout_slots, layout=layout)
     greedy = eval_runner.rollouts(pc, params, tok, problems, ids, **kw)
     row = {"eval_pass@1": float(greedy.correct_PN.mean()), "eval_n": len(problems)}
     if t.eval_samples > 1:
@@ -221,6 +221,9 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     # several processes: one global mesh (their params and batches are global arrays)
     sharded = nproc > 1 or (jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1))
     layout = Layout.from_config(cfg.mesh) if sharded else None
+    if layout is not None and d.rollout_slots % layout.batch_size_multiple:
+        raise ConfigError(f"data.rollout_slots={d.rollout_slots}: must be a multiple of the mesh's batch shards "
+                          f"({layout.batch_size_multiple}) to split the slots' KV cache over the mesh")
     step = ts.make_train_step(step_cfg, layout)
     state = ts.init_state(step_cfg, pp, qp, seed=t.seed)
     if cfg.model.prm_head:  # a trained PRM (e.g. the frozen scorer of test-time training)
@@ -253,7 +256,8 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
             cursor += n
             out = sampling.generate(pc, state.policy, [enc.ids[i] for i in idx], max_new_tokens=T,
                                     temperature=d.temperature, num_samples=K, eos_id=pc.eos_ids,
-                                    seed=t.seed * 1_000_003 + it, max_prompts=d.rollout_prompts, layout=layout)
+                                    seed=t.seed * 1_000_003 + it, max_prompts=d.rollout_prompts,
+                                    slots=d.rollout_slots, prompt_len=P if d.rollout_slots else 0, layout=layout)
             times["rollout_s"], t0 = time.perf_counter() - t0, time.perf_counter()
             texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
             ok, failed = verify_shared([train[idx[i // K]] for i in range(len(texts))], texts, t)

@@ -151,7 +151,8 @@ def batch_shapes(cfg: TrainConfig) -> dict:
     d = cfg.data
     N = d.prompts_per_step * d.oversample  # prompts sampled per step; R of them per sampler call
     return dict(G=d.prompts_per_step, K=d.samples, E=d.experts, P=sampling.bucket(d.max_prompt_len),
-                T=d.max_new_tokens, N=N, R=min(d.rollout_prompts, N) if d.rollout_prompts else N)
+                T=d.max_new_tokens, N=N, R=min(d.rollout_prompts, N) if d.rollout_prompts else N,
+                S=d.rollout_slots)
 
 
 # ------------------------------------------------------------------ per-device bytes
@@ -231,19 +232,28 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
         prm_acts=_activations(prm, layout, prm_groups * (K + E), L, T, backward=trunk_grads,
                               logits=2 if pc.form == "implicit" else 0, chunk=qc.logit_chunk),
     )
-    # Rollout: the cache of the R prompts of one sampler call (data.rollout_prompts) is filled by
-    # the prefill, then repeated K times (both live at once); plus the prefill's forward activations.
-    cache_shape = (pol.num_layers, R * (K + 1), pol.num_kv_heads, P + T, pol.head_dim)
-    cache_shards = _shards(layout, transformer.CACHE_AXES, (pol.num_layers, R * K, pol.num_kv_heads, P + T,
+    # Rollout, static sampler: the cache of the R prompts of one sampler call (data.rollout_prompts)
+    # is filled by the prefill, then repeated K times (both live at once); plus the prefill's forward
+    # activations. Continuous batching (data.rollout_slots = S): S rows of P + T slots, plus the one
+    # refilled request's P-slot prefill cache and activations.
+    S = shp["S"]
+    rows, prefill_rows = (S, 1) if S else (R * K, R)
+    per_row = 2 * pol.num_layers * pol.num_kv_heads * pol.head_dim * _dtype_bytes(pol.dtype)
+    cache_shards = _shards(layout, transformer.CACHE_AXES, (pol.num_layers, rows, pol.num_kv_heads, P + T,
                                                             pol.head_dim))
-    r["kv_cache"] = 2 * math.prod(cache_shape) * _dtype_bytes(pol.dtype) // cache_shards
-    r["prefill_acts"] = _activations(pol, layout, R, P, 1, backward=False, logits=0, chunk=0)
+    r["kv_cache"] = per_row * (rows * (P + T) + prefill_rows * (P if S else P + T)) // cache_shards
+    r["prefill_acts"] = _activations(pol, layout, prefill_rows, P, 1, backward=False, logits=0, chunk=0)
+
     state_bytes = sum(r[k] for k in ("policy_params", "prm_params", "policy_opt", "prm_opt", "policy_frozen",
                                      "prm_frozen"))
     phases = {"rollout": r["kv_cache"] + r["prefill_acts"],
               "PRM update": r["prm_grads"] + r["prm_acts"],
               "policy update": r["policy_grads"] + r["policy_acts"]}
     worst = max(phases, key=phases.get)
+    if S:  # the most slots the HBM left beside the state holds, in multiples of the batch shards
+        room = target.hbm_bytes - state_bytes - r["prefill_acts"] - per_row * P // cache_shards
+        m = layout.batch_size_multiple
+        shp["max_slots"] = max(0, int(room * cache_shards // (per_row * (P + T))) // m * m)
     return dict(parts=r, state=state_bytes, phases=phases, worst=worst, peak=state_bytes + phases[worst],
                 mesh=dict(zip(cfg.mesh.axis_names, cfg.mesh.resolved_shape(target.devices))), shapes=shp,
                 remat=pol.remat, dtype=pol.dtype, policy_model=pol, prm_model=prm)
@@ -305,7 +315,8 @@ def report(cfg: TrainConfig, target: Target, est: dict, aot: dict | str | None) 
         f"policy: {cfg.model.policy} ({pm.family}, {n_params(pm) / 1e9:.2f}B params); PRM ({cfg.prm.form}): "
         f"{cfg.model.prm or cfg.model.policy} ({n_params(qm) / 1e9:.2f}B); {est['dtype']}, remat={est['remat']}",
         f"batch: {s['G']} prompts x ({s['K']} rollouts + {s['E']} experts), prompt {s['P']} + response {s['T']} "
-        f"tokens; rollout of {s['N']} prompts x {s['K']}" + (f", {s['R']} prompts per sampler call" if s['R'] < s['N'] else ""),
+        f"tokens; rollout of {s['N']} prompts x {s['K']}" + (f", {s['R']} prompts per sampler call" if s['R'] < s['N'] else "")
+        + (f", continuous batching in {s['S']} decode slots (at most {s['max_slots']} fit)" if s["S"] else ""),
         "",
         f"{'per device, GiB':34s}{'policy':>9s}{'PRM':>9s}",
         f"{'params':34s}{_g(p['policy_params'])} {_g(p['prm_params'])}",
@@ -352,13 +363,16 @@ def check_fits(cfg: TrainConfig, target: Target) -> dict:
     The training loop can call it before placing anything on the devices."""
     est = estimate(cfg, target)
     if est["peak"] > target.hbm_bytes:
-        raise PlanRefused(_refusal(est["peak"], target))
+        raise PlanRefused(_refusal(est["peak"], target, est))
     return est
 
 
-def _refusal(need: int, target: Target) -> str:
+def _refusal(need: int, target: Target, est: dict) -> str:
+    s = est["shapes"]
+    hint = (f"; the rollout's KV cache is the largest phase: data.rollout_slots={s['S']}, at most {s['max_slots']} "
+            "fit" if s["S"] and est["worst"] == "rollout" else "")
     return (f"does not fit: needs {need / GIB:.2f} GiB per device, {target.name} has "
-            f"{target.hbm_bytes / GIB:g} GiB: {(need - target.hbm_bytes) / GIB:.2f} GiB over")
+            f"{target.hbm_bytes / GIB:g} GiB: {(need - target.hbm_bytes) / GIB:.2f} GiB over{hint}")
 
 
 def run(cfg: TrainConfig, target: Target, aot: bool = True) -> int:
@@ -381,6 +395,6 @@ def run(cfg: TrainConfig, target: Target, aot: bool = True) -> int:
     lines, need = report(cfg, target, est, aot_result)
     print("\n".join(lines), flush=True)
     if need > target.hbm_bytes:
-        print(f"repirl plan: error: {_refusal(need, target)}", file=sys.stderr)
+        print(f"repirl plan: error: {_refusal(need, target, est)}", file=sys.stderr)
         return 1
     return 0

@@ -14,6 +14,15 @@ State of the decode loop (all device arrays, N = prompts * num_samples, M = max_
   sample_lp   f32   [N, M]      log-prob under the distribution actually sampled from
 Randomness: the draw of row n at step t uses fold_in(fold_in(key(seed), n), t), so it does not
 depend on the batch's other rows or on how the batch is sharded.
+
+Continuous batching (generate(slots=S)): R = prompts * num_samples requests share S decode slots.
+Per slot: req (its request, R = none), step (its own next output index), done (ended or empty:
+free), last, recent, valid [S, P + M], pos (RoPE position of its first new token), and its row of
+the cache [layers, S, kv_heads, P + M, head_dim], written at its own index P + step - 1. A free
+slot takes the next waiting request (queue): its prompt's keys and values are copied into the
+row's first P slots from a one-row staging cache (stage, staged = its prompt), where each prompt is
+prefilled once for its K samples; every slot then decodes together. Outputs are written at (req, step) into [R, M] buffers, so row r
+is request r: the static sampler's row r, drawn with the same keys.
 """
 from __future__ import annotations
 
@@ -36,6 +45,8 @@ class GenerateOutput:
     mask: np.ndarray  # bool [N, S] real tokens up to and including EOS
     logprobs: np.ndarray  # float32 [N, S] untempered model log-probs of the chosen tokens
     sample_logprobs: np.ndarray  # float32 [N, S] log-probs under the sampling distribution used
+    slot_steps: int = 0  # token positions computed, real or not (rows x steps): utilisation = mask.sum() / this
+    kv_cache_bytes: int = 0  # the largest KV cache allocated at once
 
     @property
     def lengths(self) -> np.ndarray:
@@ -114,6 +125,21 @@ def _stop_hit(recent_NW: jax.Array, stop_JW: jax.Array) -> jax.Array:
     return jnp.any(jnp.all(eq_NJW, axis=-1), axis=-1)
 
 
+def _stop_rule(live_N, recent_NW, tok_N, eos_E, stop_JW):
+    """The one end-of-row rule of both samplers: rows that emit now (`live`) keep their token and
+    push it onto their recent tokens; a live row ends on an EOS id or a completed stop sequence.
+    Returns (token, 0 where not live; recent; ended)."""
+    tok = jnp.where(live_N, tok_N, 0)
+    pushed = jnp.concatenate([recent_NW[:, 1:], tok[:, None]], axis=1)
+    recent = jnp.where(live_N[:, None], pushed, recent_NW)
+    return tok, recent, live_N & (jnp.isin(tok, eos_E) | _stop_hit(recent, stop_JW))
+
+
+def _row_keys(key, rows_N, steps_N):
+    """The key of row n's draw at step t: fold_in(fold_in(key, n), t), whatever the batch."""
+    return jax.vmap(lambda n, t: jax.random.fold_in(jax.random.fold_in(key, n), t))(rows_N, steps_N)
+
+
 @partial(jax.jit, static_argnames=("cfg", "max_new", "num_samples", "top_k", "nucleus", "greedy", "layout"))
 def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, row0, temperature, top_p, min_p, limit, eos_E,
               stop_JW, *, max_new: int, num_samples: int, top_k: int, nucleus: bool, greedy: bool,
@@ -130,18 +156,17 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, row0, temperat
     rep = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)
     cache = jax.tree.map(lambda c: rep(c, 1), cache)  # batch is axis 1
     valid_NS, next_pos_N = rep(valid_BS), rep(positions_BP[:, -1] + 1)
-    row_keys_N = jax.vmap(jax.random.fold_in, (None, 0))(key, row0 + jnp.arange(N))  # global row index
+    rows_N = row0 + jnp.arange(N)  # global row index
 
     def pick(logits_NV, step):
-        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys_N, step)
+        keys = _row_keys(key, rows_N, jnp.full((N,), step, jnp.int32))
         return sample_token(logits_NV, keys, temperature, top_k, top_p, min_p, nucleus, greedy)
 
     def emit(s, step, tok, lp, slp):
         """Writes output index `step` for rows still live; finishes rows on EOS or a stop sequence."""
         live = ~s["done"]
-        tok = jnp.where(live, tok, 0)
-        recent = jnp.concatenate([s["recent"][:, 1:], tok[:, None]], axis=1)
-        done = s["done"] | live & (jnp.isin(tok, eos_E) | _stop_hit(recent, stop_JW))
+        tok, recent, ended = _stop_rule(live, s["recent"], tok, eos_E, stop_JW)
+        done = s["done"] | ended
         put = lambda buf, v: jax.lax.dynamic_update_slice(buf, v[:, None].astype(buf.dtype), (0, step))
         return dict(s, step=step + 1, last=tok, done=done, recent=recent, tokens=put(s["tokens"], tok),
                     logprobs=put(s["logprobs"], jnp.where(live, lp, 0.0)),
@@ -164,7 +189,94 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, row0, temperat
         return emit(dict(s, cache=cache), step, *pick(transformer.unembed(cfg, params, h, layout)[:, 0], step))
 
     s = jax.lax.while_loop(cond, body, state)
-    return s["tokens"], s["mask"], s["logprobs"], s["sample_lp"]
+    return s["tokens"], s["mask"], s["logprobs"], s["sample_lp"], s["step"] * N
+
+
+def _slot_state(cfg: ModelConfig, S: int, P: int, M: int, W: int, R: int, layout: Layout | None) -> dict:
+    """The continuous sampler's state before any slot is filled (module doc: slots S, requests R)."""
+    z = lambda shape, dt, v=0: jnp.full(shape, v, dt)
+    cache = transformer.init_cache(cfg, S, P + M, layout)  # k and v are one buffer there: the state is donated
+    stage = transformer.init_cache(cfg, 1, P)
+    return dict(cache=dict(cache, v=cache["v"].copy()), stage=dict(stage, v=stage["v"].copy()),
+                stage_logits=z((1, cfg.vocab_size), jnp.float32), staged=jnp.int32(-1), req=z((S,), jnp.int32, R),
+                step=z((S,), jnp.int32), last=z((S,), jnp.int32), done=z((S,), bool, True),
+                recent=z((S, W), jnp.int32, -2), valid=z((S, P + M), bool), pos=z((S,), jnp.int32),
+                queue=jnp.int32(0), iters=jnp.int32(0), tokens=z((R, M), jnp.int32), mask=z((R, M), bool),
+                logprobs=z((R, M), jnp.float32), sample_lp=z((R, M), jnp.float32))
+
+
+@partial(jax.jit, static_argnames=("cfg", "num_samples", "in_loop", "top_k", "nucleus", "greedy", "layout"),
+         donate_argnames=("s",))
+def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temperature, top_p, min_p, limit, eos_E,
+               stop_JW, until, *, num_samples: int, in_loop: bool, top_k: int, nucleus: bool,
+               greedy: bool, layout: Layout | None):
+    """Continuous batching: fills free slots with waiting requests, then decodes all slots until
+    `until` decode steps have run or nothing is left (in_loop: free slots are refilled after every
+    step inside this loop; else the caller refills between calls, `until` steps apart).
+
+    Request r is sample r % K of prompt r // K and draws with the keys of global row row0 + r, so
+    its tokens are the static sampler's row r: only the slot it runs in and when differ.
+    """
+    B, P = tokens_BP.shape
+    (S, X), R = s["valid"].shape, B * num_samples
+    pos_BP = jnp.maximum(jnp.cumsum(valid_BP, axis=-1) - 1, 0).astype(jnp.int32)
+
+    def pick(logits_NV, req_N, step_N):
+        keys = _row_keys(key, row0 + req_N, step_N)
+        return sample_token(logits_NV, keys, temperature, top_k, top_p, min_p, nucleus, greedy)
+
+    def emit(s, emit_S, tok_S, lp_S, slp_S):
+        """Writes each live emitting slot's token at (its request, its step); a row also ends at limit."""
+        live = emit_S & ~s["done"]
+        tok, recent, ended = _stop_rule(live, s["recent"], tok_S, eos_E, stop_JW)
+        at = (jnp.where(live, s["req"], R), s["step"])  # row R is out of range: dropped
+        put = lambda buf, v: buf.at[at].set(v.astype(buf.dtype), mode="drop")
+        return dict(s, last=jnp.where(live, tok, s["last"]), recent=recent, step=s["step"] + live,
+                    done=s["done"] | ended | live & (s["step"] + 1 >= limit), tokens=put(s["tokens"], tok),
+                    mask=put(s["mask"], live), logprobs=put(s["logprobs"], lp_S), sample_lp=put(s["sample_lp"], slp_S))
+
+    def prefill(b):
+        """Prompt b's keys, values (a cache of the prompt's length: the static prefill's empty
+        completion slots only add exact zeros) and next-token logits, staged for its K samples."""
+        h_1PD, stage = transformer.hidden_states(cfg, params, tokens_BP[b][None], positions_BL=pos_BP[b][None],
+                                                 valid_BS=valid_BP[b][None], cache=transformer.init_cache(cfg, 1, P),
+                                                 cache_index=0, layout=layout)
+        return stage, transformer.unembed(cfg, params, h_1PD[:, -1:], layout)[:, 0]
+
+    def refill_one(s):
+        """The next waiting request takes the first free slot: its prompt is prefilled once (when
+        its first sample is placed) and each sample copies the staged keys, as the static sampler
+        shares one prefill between the K samples."""
+        slot, req = jnp.argmax(s["done"]), s["queue"]
+        b = req // num_samples
+        stage, logits_1V = jax.lax.cond(s["staged"] == b, lambda: (s["stage"], s["stage_logits"]), lambda: prefill(b))
+        tok, lp, slp = pick(logits_1V, req[None], jnp.zeros((1,), jnp.int32))
+        at = lambda buf, v: buf.at[slot].set(v)
+        s = dict(s, cache=jax.tree.map(lambda c, n: jax.lax.dynamic_update_slice(c, n, (0, slot, 0, 0, 0)), s["cache"],
+                                       stage),
+                 stage=stage, stage_logits=logits_1V, staged=b, req=at(s["req"], req), step=at(s["step"], 0),
+                 done=at(s["done"], False), recent=at(s["recent"], -2),
+                 valid=at(s["valid"], jnp.concatenate([valid_BP[b], jnp.ones((X - P,), bool)])),
+                 pos=at(s["pos"], pos_BP[b, -1] + 1), queue=req + 1)
+        one = lambda v: jnp.zeros((S,), v.dtype).at[slot].set(v[0])
+        return emit(s, one(jnp.ones((1,), bool)), one(tok), one(lp), one(slp))
+
+    def fill(s):
+        return jax.lax.while_loop(lambda s: jnp.any(s["done"]) & (s["queue"] < R), refill_one, s)
+
+    def decode(s):
+        h_S1D, cache = transformer.hidden_states(
+            cfg, params, s["last"][:, None], positions_BL=(s["pos"] + s["step"] - 1)[:, None], valid_BS=s["valid"],
+            cache=s["cache"], cache_index=P + s["step"] - 1, layout=layout)
+        out = pick(transformer.unembed(cfg, params, h_S1D, layout)[:, 0], s["req"], s["step"])
+        return emit(dict(s, cache=cache, iters=s["iters"] + 1), jnp.ones((S,), bool), *out)
+
+    def cond(s):
+        waiting = in_loop & (s["queue"] < R)
+        return (s["iters"] < until) & (jnp.any(~s["done"]) | waiting)
+
+    s = jax.lax.while_loop(cond, (lambda s: fill(decode(s))) if in_loop else decode, fill(s))
+    return s, (s["queue"] >= R) & jnp.all(s["done"])
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -180,7 +292,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
              num_samples: int = 1, eos_id: int | Sequence[int] | None = None,
              stop: Sequence[Sequence[int]] = (), seed: int = 0, pad_id: int = 0, max_len: int | None = None,
-             max_prompts: int = 0, layout: Layout | None = None) -> GenerateOutput:
+             max_prompts: int = 0, slots: int = 0, refill_every: int = 0,
+             prompt_len: int = 0, layout: Layout | None = None) -> GenerateOutput:
     """Samples `num_samples` completions per prompt (token-id lists of any lengths).
 
     temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 disable each truncation. A row ends
@@ -193,6 +306,12 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     max_prompts > 0 bounds the KV cache: prompts go through in chunks of that many (the last one
     padded to the same shape, so one compile), with the same result as one call since every
     row's randomness depends only on its global row index.
+
+    slots > 0 is continuous batching instead: that many decode slots (the KV cache's rows); when a
+    row ends, the next waiting sample takes its slot, so long rows no longer hold short ones'
+    slots idle. Same tokens as the static sampler, row for row. refill_every 0 refills inside the
+    compiled decode loop; n > 0 between compiled chunks of n decode steps. prompt_len: the prompt bucket (0 = the longest prompt's power of two); one
+    fixed value keeps one compile across calls.
     """
     max_len = cfg.max_position_embeddings if max_len is None else max_len
     if not prompts:
@@ -215,6 +334,16 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         raise ValueError(f"generate: top_k={top_k}: must be >= 0")
     if max_prompts < 0:
         raise ValueError(f"generate: max_prompts={max_prompts}: must be >= 0 (0 = all at once)")
+    if slots < 0 or refill_every < 0:
+        raise ValueError(f"generate: slots={slots}, refill_every={refill_every}: both must be >= 0")
+    if slots and max_prompts:
+        raise ValueError(f"generate: slots={slots} and max_prompts={max_prompts}: set one (both bound the KV cache)")
+    if slots and layout is not None and slots % layout.batch_size_multiple:
+        raise ValueError(f"generate: slots={slots} is not a multiple of the mesh's batch shards "
+                         f"({layout.batch_size_multiple}): the slots' KV cache cannot be split over the mesh")
+    if prompt_len and max(len(p) for p in prompts) > prompt_len:
+        i = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+        raise ValueError(f"generate: prompt {i} has {len(prompts[i])} tokens, more than prompt_len={prompt_len}")
     if any(len(s) == 0 for s in stop):
         raise ValueError("generate: a stop sequence is empty")
     eos = () if eos_id is None else (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
@@ -223,27 +352,58 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     for j, seq in enumerate(stop):
         stop_JW[j] = -1
         stop_JW[j, W - len(seq):] = seq
-    tokens, valid = left_pad(prompts, bucket(max(len(p) for p in prompts)), pad_id)
+    P = prompt_len or bucket(max(len(p) for p in prompts))
+    tokens, valid = left_pad(prompts, P, pad_id)
     B = len(prompts)
+    consts = (jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.float32(min_p), jnp.int32(max_new_tokens),
+              jnp.asarray(eos or (-1,), jnp.int32), jnp.asarray(stop_JW))
+    static = dict(num_samples=num_samples, top_k=top_k, nucleus=top_p < 1, greedy=temperature == 0, layout=layout)
+    if slots:
+        return _generate_continuous(cfg, params, tokens, valid, seed, consts, static, slots=slots,
+                                    refill_every=refill_every, max_new_tokens=max_new_tokens,
+                                    W=W, pad_id=pad_id)
     chunk = B if max_prompts <= 0 else min(max_prompts, B)
     n_chunks = -(-B // chunk)
     fill = n_chunks * chunk - B  # pad the last chunk with copies of the first prompt; their rows are dropped
     tokens, valid = np.concatenate([tokens, tokens[:1].repeat(fill, 0)]), np.concatenate([valid, valid[:1].repeat(fill, 0)])
-    consts = (jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.float32(min_p), jnp.int32(max_new_tokens),
-              jnp.asarray(eos or (-1,), jnp.int32), jnp.asarray(stop_JW))
-    static = dict(max_new=bucket(max_new_tokens), num_samples=num_samples, top_k=top_k, nucleus=top_p < 1,
-                  greedy=temperature == 0, layout=layout)
-    parts = []
+    parts, slot_steps = [], 0
     for c in range(n_chunks):
         tok_c, val_c = tokens[c * chunk:(c + 1) * chunk], valid[c * chunk:(c + 1) * chunk]
         if layout is not None:
             tok_c, val_c = (layout.put(x, ("batch", None)) for x in (tok_c, val_c))
-        out = _generate(cfg, params, tok_c, val_c, jax.random.key(seed), jnp.int32(c * chunk * num_samples),
-                        *consts, **static)
+        *out, steps = _generate(cfg, params, tok_c, val_c, jax.random.key(seed), jnp.int32(c * chunk * num_samples),
+                                *consts, max_new=bucket(max_new_tokens), **static)
         parts.append([to_host(x)[:, :max_new_tokens] for x in out])
+        slot_steps += int(steps)
     toks, mask, lp, slp = (np.concatenate(xs)[:B * num_samples] for xs in zip(*parts))
     return GenerateOutput(tokens=np.where(mask, toks, pad_id).astype(np.int32), mask=mask, logprobs=lp,
-                          sample_logprobs=slp)
+                          sample_logprobs=slp, slot_steps=slot_steps,
+                          kv_cache_bytes=kv_cache_bytes(cfg, chunk * num_samples, P + bucket(max_new_tokens)))
+
+
+def kv_cache_bytes(cfg: ModelConfig, rows: int, length: int) -> int:
+    """Bytes of a KV cache (keys and values) of `rows` rows of `length` slots."""
+    return 2 * cfg.num_layers * rows * cfg.num_kv_heads * length * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
+
+
+def _generate_continuous(cfg, params, tokens_BP, valid_BP, seed, consts, static, *, slots, refill_every,
+                         max_new_tokens, W, pad_id) -> GenerateOutput:
+    """The host side of continuous batching: one `_run_slots` call (refills inside the compiled
+    loop), or with refill_every = n one call per n decode steps, refilling between calls."""
+    (B, P), K, M, layout = tokens_BP.shape, static["num_samples"], bucket(max_new_tokens), static["layout"]
+    R = B * K
+    put = (lambda x: x) if layout is None else (lambda x: layout.put(x, (None, None)))  # every slot may read any prompt
+    args = (put(tokens_BP), put(valid_BP), jax.random.key(seed), jnp.int32(0), *consts)
+    s, until = _slot_state(cfg, slots, P, M, W, R, layout), 0
+    while True:
+        until = until + refill_every if refill_every else 2 ** 30
+        s, finished = _run_slots(cfg, params, s, *args, jnp.int32(until), in_loop=not refill_every, **static)
+        if not refill_every or bool(finished):
+            break
+    toks, mask, lp, slp = (to_host(s[k])[:, :max_new_tokens] for k in ("tokens", "mask", "logprobs", "sample_lp"))
+    return GenerateOutput(tokens=np.where(mask, toks, pad_id).astype(np.int32), mask=mask, logprobs=lp,
+                          sample_logprobs=slp, slot_steps=int(s["iters"]) * slots + R,
+                          kv_cache_bytes=kv_cache_bytes(cfg, slots, P + M) + kv_cache_bytes(cfg, 1, P))
 
 
 def chat(cfg: ModelConfig, params, tokenizer, conversations: Sequence[Sequence[dict] | str], *,

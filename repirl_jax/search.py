@@ -67,10 +67,13 @@ def _score_prefixes(scorer, prompt_ids, cands: list[tuple[int, ...]], n: int) ->
 
 def beam_search(pc, params, scorer, prompt_ids: Sequence[Sequence[int]], *, beam: int = 4, expansions: int = 4,
                 stop: Sequence[Sequence[int]], eos_id=None, step_tokens: int = 64, max_new_tokens: int = 256,
-                max_steps: int = 32, temperature: float = 1.0, seed: int = 0, tokenizer=None) -> BeamResult:
+                max_steps: int = 32, temperature: float = 1.0, seed: int = 0, tokenizer=None,
+                slots: int = 0) -> BeamResult:
     """Beam search guided by `scorer` (an eval_runner.PRMScorer, or anything with its
     token_rewards(prompt_ids, tokens, mask, n)). `stop`: the delimiters as token-id sequences
-    (see delimiter_ids); eos_id defaults to the policy's EOS ids."""
+    (see delimiter_ids); eos_id defaults to the policy's EOS ids. slots > 0: each step's
+    expansions go through continuous batching with that many decode slots (steps end at a
+    delimiter, so their lengths are skewed), with the same candidates."""
     if beam < 1 or expansions < 1 or step_tokens < 1 or max_new_tokens < 1 or max_steps < 1:
         raise ValueError(f"beam_search: beam={beam}, expansions={expansions}, step_tokens={step_tokens}, "
                          f"max_new_tokens={max_new_tokens}, max_steps={max_steps}: all must be >= 1")
@@ -80,11 +83,11 @@ def beam_search(pc, params, scorer, prompt_ids: Sequence[Sequence[int]], *, beam
     beams = [[Beam((), float("-inf"), False)] for _ in range(P)]
     steps = 0
     while steps < max_steps and not all(b.done for bs in beams for b in bs):
-        slots, rows = [], []  # slots[p][i]: the beam expanded in slot i (None: padding)
+        expanded, rows = [], []  # expanded[p][i]: the beam expanded in slot i (None: padding)
         for p in range(P):
             live = [b for b in beams[p] if not b.done]
             s = [live[i % len(live)] for i in range(B)] if live else [None] * B
-            slots.append(s)
+            expanded.append(s)
             rows += [list(prompt_ids[p]) + list(b.tokens if b else ()) for b in s]
         # one sampler call per step; a step may not run past the model's context
         cap = min(step_tokens, max_len - max(len(r) for r in rows))
@@ -92,10 +95,10 @@ def beam_search(pc, params, scorer, prompt_ids: Sequence[Sequence[int]], *, beam
             raise ValueError(f"beam_search: a prompt + beam reaches max_position_embeddings={max_len}; "
                              "lower max_new_tokens")
         out = sampling.generate(pc, params, rows, max_new_tokens=cap, temperature=temperature, num_samples=M,
-                                eos_id=sorted(eos) or None, stop=stop, seed=seed * 1_000_003 + steps)
+                                eos_id=sorted(eos) or None, stop=stop, seed=seed * 1_000_003 + steps, slots=slots)
         cands = []
         for p in range(P):
-            for i, b in enumerate(slots[p]):
+            for i, b in enumerate(expanded[p]):
                 for k in range(M):
                     j = (p * B + i) * M + k
                     new = tuple(int(t) for t in out.tokens[j][out.mask[j]])
@@ -103,7 +106,7 @@ def beam_search(pc, params, scorer, prompt_ids: Sequence[Sequence[int]], *, beam
         scores = _score_prefixes(scorer, prompt_ids, cands, B * M)
         scores = np.where(np.isnan(scores), -np.inf, scores)  # a NaN score is never kept over a real one
         for p in range(P):
-            if slots[p][0] is None:
+            if expanded[p][0] is None:
                 continue  # every beam of this problem is finished
             pool = [b for b in beams[p] if b.done]
             for j in range(p * B * M, (p + 1) * B * M):
@@ -124,13 +127,13 @@ def beam_search(pc, params, scorer, prompt_ids: Sequence[Sequence[int]], *, beam
 
 def evaluate_beam(pc, params, scorer, tokenizer, problems, prompt_ids, *, beam: int, expansions: int,
                   delimiter: str = "\n", max_new_tokens: int = 256, step_tokens: int = 64, temperature: float = 1.0,
-                  seed: int = 0, timeout_s: float = 5.0, workers: int = 2) -> tuple[np.ndarray, BeamResult]:
+                  seed: int = 0, timeout_s: float = 5.0, workers: int = 2, slots: int = 0) -> tuple[np.ndarray, BeamResult]:
     """([P] float correctness of each problem's best beam, the search result): `repirl eval --beam`.
     max_steps = max_new_tokens, which never binds (every step adds at least one token)."""
     from .verifiers.dispatch import verify
 
     res = beam_search(pc, params, scorer, prompt_ids, beam=beam, expansions=expansions,
                       stop=delimiter_ids(tokenizer, delimiter), step_tokens=step_tokens, max_new_tokens=max_new_tokens,
-                      max_steps=max_new_tokens, temperature=temperature, seed=seed, tokenizer=tokenizer)
+                      max_steps=max_new_tokens, temperature=temperature, seed=seed, tokenizer=tokenizer, slots=slots)
     verdicts = verify(list(problems), res.texts, timeout_s, workers)
     return np.array([v.correct for v in verdicts], np.float64), res

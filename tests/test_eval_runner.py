@@ -291,3 +291,8 @@ def test_evaluate_end_to_end_on_a_tiny_model():
     np.testing.assert_array_equal(r.per_problem["prm/best_of_4"],
                                   ev.best_of_n(scorer.scores(ids, s.tokens, s.mask, 4), s.correct_PN))
     assert "| prm_beam |" in r.markdown()
+    # continuous batching (4 decode slots) for the greedy answers, the samples and the beam search:
+    # the same rollouts, so the same report
+    c = eval_runner.evaluate(cfg, params, tok, probs, ids, scorer=scorer, samples=4, seed=3, beam=1, expansions=2,
+                             slots=4, **kw)
+    np.testing.assert_equal(c.summary, r.summary)

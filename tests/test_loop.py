@@ -128,6 +128,9 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     (["--set", "prm.loss=magic"], "PRMConfig.loss='magic'"),
     (["--set", "train.steps=many"], "train.steps=many: expected a int"),
     (["--set", "data.samples=1"], "DataConfig.samples=1"),
+    (["--set", "data.rollout_slots=2", "--set", "data.rollout_prompts=1"], "DataConfig.rollout_slots=2: rollout_prompts=1"),
+    (["--set", "mesh.shape=2,2,2", "--set", "data.rollout_slots=2"],
+     "data.rollout_slots=2: must be a multiple of the mesh's batch shards (4)"),
     (["--set", "data.task=gsm8k", "--set", "data.path=/nonexistent/gsm8k.jsonl"], "/nonexistent/gsm8k.jsonl: file not found"),
 ])
 def test_bad_overrides_are_one_line(tmp_path, args, needle):

@@ -74,6 +74,28 @@ def test_rollout_prompts_bound_the_kv_cache():
     assert one["phases"]["rollout"] < full["phases"]["rollout"]
 
 
+def test_rollout_slots_size_the_kv_cache_and_a_slot_count_too_big_is_named(capsys):
+    # tiny_cpu: prompt bucket P, 32 new tokens; continuous batching holds S rows of P + 32 slots
+    # plus the refilled request's P-slot prefill cache, whatever the number of prompts
+    est = {S: plan.estimate(tiny((1, 1, 1), oversample=2, rollout_slots=S), plan.devices_target(1, 16)) for S in (2, 4)}
+    P, T = est[2]["shapes"]["P"], est[2]["shapes"]["T"]
+    mc = est[2]["policy_model"]
+    per_slot = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * 4  # keys + values, float32, per cache slot
+    assert est[2]["parts"]["kv_cache"] == per_slot * (2 * (P + T) + P)
+    assert est[4]["parts"]["kv_cache"] - est[2]["parts"]["kv_cache"] == 2 * per_slot * (P + T)
+    # the largest slot count that fits beside the state, in multiples of the data shards (8)
+    big = ["--set", "data.rollout_slots=4000000"]
+    assert cli.main(["plan", "--config", TINY, "--devices", "8", "--hbm-gb", "16", *big]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.rollout_slots=4000000, at most " in err[0], err
+    n = int(err[0].split("at most ")[1].split()[0])
+    assert n % 8 == 0 and n > 0
+    fits = ["--set", f"data.rollout_slots={n}"]
+    assert cli.main(["plan", "--config", TINY, "--devices", "8", "--hbm-gb", "16", *fits, "--no-aot"]) == 0
+    assert cli.main(["plan", "--config", TINY, "--devices", "8", "--hbm-gb", "16",
+                     "--set", f"data.rollout_slots={n + 8}", "--no-aot"]) == 1
+
+
 def test_state_bytes_are_exact_on_one_device():
     est = plan.estimate(tiny((1, 1, 1)), plan.devices_target(1, 16))
     mc = est["policy_model"]

@@ -92,6 +92,17 @@ def test_search_prefers_what_the_prm_rewards(setup, monkeypatch):
     assert res.scores.mean() > one.scores.mean()
 
 
+def test_continuous_batching_runs_the_same_search(setup):
+    """Each step's expansions (rows cut at a delimiter: skewed lengths) through 8 decode slots
+    instead of the static batch: the same draws, so the same beams and scores."""
+    cfg, params, scorer = setup
+    kw = dict(beam=2, expansions=4, stop=[[1], [2]], step_tokens=3, max_new_tokens=6, max_steps=10, temperature=1.0)
+    want = search.beam_search(cfg, params, scorer, PROMPTS, **kw)  # prompt + beam <= 15: one prompt bucket
+    got = search.beam_search(cfg, params, scorer, PROMPTS, slots=8, **kw)
+    assert got.tokens == want.tokens and got.steps == want.steps > 1
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
+
+
 def test_delimiter_ids_finds_merged_newline_tokens():
     from repirl_jax.data import vocab
 

@@ -227,7 +227,9 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
 
     positions_BL: RoPE positions (default arange(L)). valid_BS: which key slots are real tokens
     (S = L without a cache, the cache length with one; default all). With a cache, the new
-    tokens are written to slots [cache_index, cache_index + L).
+    tokens are written to slots [cache_index, cache_index + L): cache_index is one scalar for the
+    batch (one in-place slice write), or int32 [B], each row at its own index (continuous
+    batching, where a slot's row may be at any step; a scatter, indices past S dropped).
     """
     B, L = tokens_BL.shape
     dt = jnp.dtype(cfg.dtype)
@@ -240,8 +242,14 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     if cache is None:
         valid_new_BL, past_visible_BLS = valid_BS, None
     else:  # past slots: written before this call (slot < cache_index) and valid
-        valid_new_BL = jax.lax.dynamic_slice_in_dim(valid_BS, cache_index, L, axis=1)
-        past_visible_BLS = jnp.broadcast_to((jnp.arange(S) < cache_index)[None, None] & valid_BS[:, None, :], (B, L, S))
+        per_row = jnp.ndim(cache_index) == 1
+        if per_row:
+            index_BL = cache_index[:, None] + jnp.arange(L)
+            valid_new_BL = jnp.take_along_axis(valid_BS, jnp.minimum(index_BL, S - 1), axis=1)
+        else:
+            valid_new_BL = jax.lax.dynamic_slice_in_dim(valid_BS, cache_index, L, axis=1)
+        written_BS = jnp.arange(S)[None] < jnp.reshape(cache_index, (-1, 1))
+        past_visible_BLS = jnp.broadcast_to((written_BS & valid_BS)[:, None, :], (B, L, S))
 
     x_BLD = jnp.take(params["embed"], tokens_BL, axis=0).astype(dt)
     x_BLD = constrain(layout, x_BLD, ("batch", "seq", "act_embed"))
@@ -257,7 +265,11 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
     x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (params["layers"], cache))
-    if cache is not None:  # one in-place write of all layers' new keys / values
+    if cache is not None and per_row:  # new [layers, B, K, L, Dh] -> c[:, b, :, index_BL[b, l]]
+        rows_BL = jnp.broadcast_to(jnp.arange(B)[:, None], (B, L))
+        write = lambda c, n: c.at[:, rows_BL, :, index_BL].set(n.transpose(1, 3, 0, 2, 4).astype(c.dtype), mode="drop")
+        cache = {"k": write(cache["k"], new_kv[0]), "v": write(cache["v"], new_kv[1])}
+    elif cache is not None:  # one in-place write of all layers' new keys / values
         write = lambda c, n: jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0, 0, 0, cache_index, 0))
         cache = {"k": write(cache["k"], new_kv[0]), "v": write(cache["v"], new_kv[1])}
     return rms_norm(x_BLD, params["final_norm"], cfg.rms_norm_eps), cache
