@@ -36,7 +36,8 @@ _BOOT = ("import sys; from multiprocessing.connection import Connection; c = Con
 
 
 def serve(conn: Connection) -> None:
-    """The worker's loop: receive `fn` once, then (args) -> (True, result) | (False, reason)."""
+    """The worker's loop: receive `fn` and the warm-up args once, run the warm-up, say ready, then
+    (args) -> (True, result) | (False, reason)."""
     fn = conn.recv()  # pickled by reference: this imports its module
     warmup = conn.recv()
     if warmup is not None:  # lazy initialisation inside fn (a parser's grammar) is start-up too
