@@ -40,11 +40,13 @@ def _drop_orbax_leftovers() -> None:
     """When a restore or an async save fails, orbax abandons its other reads and writes: their
     coroutines, once collected, and tensorstore's callbacks into orbax's event loop, already closed,
     each print an unraisable-exception traceback ('Exception ignored ...', 'RuntimeError: Event loop
-    is closed'), pages of them for a fault already reported in one line. Those, and only those, are
-    dropped."""
+    is closed'), and the gathered reads whose first error was already raised are logged by asyncio
+    ('Future exception was never retrieved', when collected, so only in some runs): pages
+    of them for a fault already reported in one line. Those, and only those, are dropped."""
     default = sys.unraisablehook
     if getattr(default, "drops_orbax_leftovers", False):
         return
+    logging.getLogger("asyncio").addFilter(_not_an_orbax_leftover)
 
     def hook(u):
         code = getattr(u.object, "cr_code", None)  # a coroutine object
@@ -57,10 +59,21 @@ def _drop_orbax_leftovers() -> None:
     sys.unraisablehook = hook
 
 
+_DIRS: set[str] = set()  # the checkpoint directories of this process's Checkpointers
+
+
+def _not_an_orbax_leftover(record: logging.LogRecord) -> bool:
+    """False for asyncio's 'exception was never retrieved' record of a read or write of one of our
+    checkpoint directories (tensorstore's futures and orbax's gathers both name the path)."""
+    msg = record.getMessage()
+    return "exception was never retrieved" not in msg or not any(d in msg for d in _DIRS)
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
         _drop_orbax_leftovers()
         self.dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        _DIRS.add(self.dir)
         self.aside = self.dir + ".set_aside"  # skipped checkpoints go here, never deleted
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
                                             cleanup_tmp_directories=True)

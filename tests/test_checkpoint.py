@@ -79,3 +79,29 @@ def test_keep_last_and_interrupted_write_is_ignored(run, tmp_path):
     ck.close()
     with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
         checkpoint.Checkpointer(str(tmp_path / "empty")).restore(checkpoint.abstract_like(state))
+
+
+def test_asyncio_reports_of_our_checkpoints_abandoned_reads_are_dropped(tmp_path, caplog):
+    """A failed restore leaves tensorstore futures and orbax gathers whose errors nobody retrieves;
+    asyncio logs each with its traceback when it is collected (in some runs, not others). Those of
+    our checkpoint directory are dropped; any other stays."""
+    import asyncio
+    import gc
+
+    ck = checkpoint.Checkpointer(str(tmp_path))
+
+    def abandon(message):
+        loop = asyncio.new_event_loop()
+        fut = loop.create_future()
+        fut.set_exception(ValueError(message))
+        del fut
+        gc.collect()
+        loop.close()
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        abandon(f'OUT_OF_RANGE: Error reading "w/0.0" in OCDBT database at local file "{ck.dir}/4/state/"')
+        assert not [r for r in caplog.records if r.name == "asyncio"]
+        abandon("someone else's error")
+        assert [r.getMessage() for r in caplog.records if r.name == "asyncio"][0].startswith(
+            "Future exception was never retrieved")
+    ck.close()

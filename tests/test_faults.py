@@ -171,6 +171,7 @@ def test_truncated_latest_checkpoint_resumes_from_the_one_before(env, reference,
     warned = [l for l in r.stderr.splitlines() if "checkpoint step 4" in l and "does not restore" in l]
     assert len(warned) == 1 and "OUT_OF_RANGE" in warned[0] and "trying an older one" in warned[0], r.stderr[-2000:]
     assert "resumed from step 3" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "never retrieved" not in r.stderr, r.stderr[-3000:]
     assert (w / "checkpoints.set_aside" / "4").is_dir() and (w / "checkpoints" / "4").is_dir()  # saved anew
     assert_same_run(w, reference)
     r = train(env, w, *STEPS, "--set", "train.resume_from=7")  # choosing one: the steps there are named
