@@ -34,3 +34,12 @@ def smollm2():
     path = models.smollm2_dir()
     cfg, params = models.load(path)
     return cfg, params, models.load_tokenizer(path), path
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(tmp_path_factory):
+    """os.environ plus one persistent XLA compilation cache for the `repirl train` subprocesses of
+    this test session: they all run configs/tiny_cpu.py, so only the first one compiles."""
+    cache = str(tmp_path_factory.mktemp("xla_cache"))
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

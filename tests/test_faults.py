@@ -58,10 +58,8 @@ sys.exit(cli.main(["train", "--config", "configs/tiny_cpu.py", *sys.argv[3:]]))
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("xla_cache"))
-    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+def env(subprocess_env):
+    return subprocess_env
 
 
 def train(env, workdir, *extra, fault=None, at=0):

@@ -17,9 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ["--set", "train.steps=6", "--set", "train.checkpoint_every=1"]
 
 
-def train(workdir, *extra, timeout=600):
+def train(workdir, *extra, timeout=600, env=None):
     return subprocess.run(CMD + ["--workdir", str(workdir), *extra], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def exports(workdir):
@@ -30,14 +30,15 @@ def exports(workdir):
     return out
 
 
-def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, subprocess_env):
+    env = subprocess_env
     straight = tmp_path / "straight"
-    r = train(straight, *STEPS)
+    r = train(straight, *STEPS, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
 
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(CMD + ["--workdir", str(resumed), *STEPS], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 600
     while not (resumed / "checkpoints" / "3").is_dir():  # orbax renames a step's dir only when complete
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before step 3's checkpoint"
@@ -45,7 +46,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (resumed / "final").exists()
-    r = train(resumed, *STEPS)
+    r = train(resumed, *STEPS, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from step" in r.stderr
 
@@ -105,10 +106,10 @@ def check_outputs(workdir, rows):
     assert "| prm_best_of_4 |" in r.stdout
 
 
-def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path, subprocess_env):
     w = tmp_path / "w"
     proc = subprocess.Popen(CMD + ["--workdir", str(w), "--set", "train.steps=30"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     deadline = time.monotonic() + 600
     while not (w / "metrics.jsonl").exists() or not (w / "metrics.jsonl").read_text().strip():
         assert proc.poll() is None and time.monotonic() < deadline
@@ -118,7 +119,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     assert proc.returncode == 2 and "stopped by SIGTERM after step" in err, err[-1500:]
     done = [json.loads(l)["step"] for l in open(w / "metrics.jsonl")]
     assert (w / "checkpoints" / str(done[-1])).is_dir() and done[-1] < 30
-    r = train(w, "--set", f"train.steps={done[-1] + 1}")
+    r = train(w, "--set", f"train.steps={done[-1] + 1}", env=subprocess_env)
     assert r.returncode == 0 and f"resumed from step {done[-1]}" in r.stderr, r.stderr[-1500:]
     assert [json.loads(l)["step"] for l in open(w / "metrics.jsonl")] == list(range(1, done[-1] + 2))
 
