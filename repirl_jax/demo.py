@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class WarmupConfig:
-    """The imitation stage: a random-init Llama-style model on the easy levels."""
+    """The imitation stage on the easy levels: a random-init Llama-style model with a word-level
+    tokenizer of the task, or (init) a pretrained model fine-tuned with its own tokenizer."""
 
+    init: str = ""  # "": random init (layers, width); "smollm2" (the packaged model) or an HF dir
     layers: int = 2
     width: int = 128
     min_steps: int = 1
@@ -96,16 +98,22 @@ def warmup(c: DemoConfig, workdir: str) -> str:
         return out
     w = c.warmup
     easy, (hard_train, hard_test) = _problems(c)
-    texts = [p.prompt for p in easy + hard_train + hard_test] + [e for p in easy + hard_train for e in p.experts]
-    tok = vocab.build_tokenizer(texts)
-    mc = models.ModelConfig(family="llama", vocab_size=len(tok), hidden_size=w.width, intermediate_size=4 * w.width,
-                            num_layers=w.layers, num_heads=4, num_kv_heads=2, head_dim=w.width // 4,
-                            tie_word_embeddings=True, eos_token_id=tok.eos_token_id, max_position_embeddings=512)
-    enc = prompts.encode(easy, tok, w.length)
+    if w.init:
+        src = models.smollm2_dir() if w.init == "smollm2" else w.init
+        mc, params = models.load(src)
+        tok = models.load_tokenizer(src)
+    else:
+        texts = [p.prompt for p in easy + hard_train + hard_test] + [e for p in easy + hard_train for e in p.experts]
+        tok = vocab.build_tokenizer(texts)
+        mc = models.ModelConfig(family="llama", vocab_size=len(tok), hidden_size=w.width, intermediate_size=4 * w.width,
+                                num_layers=w.layers, num_heads=4, num_kv_heads=2, head_dim=w.width // 4,
+                                tie_word_embeddings=True, eos_token_id=tok.eos_token_id, max_position_embeddings=512)
+        params = models.init_params(mc, jax.random.key(c.seed))
+    enc = prompts.encode(easy, tok, w.length)  # the chat template where the tokenizer has one, as at RL time
     sols = [tok(easy[i].experts[0] + tok.eos_token, add_special_tokens=False)["input_ids"] for i in enc.kept]
     optim = OptimConfig(lr=w.lr, warmup_steps=min(w.lr_warmup, w.steps // 2), schedule="cosine", total_steps=w.steps)
-    params, losses = sft.train(mc, models.init_params(mc, jax.random.key(c.seed)), enc.ids, sols, steps=w.steps,
-                               batch=w.batch, optim=optim, length=w.length, seed=c.seed, desc="imitation")
+    params, losses = sft.train(mc, params, enc.ids, sols, steps=w.steps, batch=w.batch, optim=optim, length=w.length,
+                               seed=c.seed, chunk=c.rl.policy.logit_chunk, desc="imitation")
     models.export_hf(mc, params, out, tokenizer=tok)
     with open(os.path.join(workdir, "warmup_losses.json"), "w") as f:
         json.dump(losses, f)
@@ -154,6 +162,18 @@ def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) ->
     return report
 
 
+def _task_line(d: DataConfig) -> str:
+    if not d.modulus:
+        return f"arithmetic chains over the integers, `{d.style}` style, ops `{d.ops}`"
+    return (f"arithmetic chains modulo {d.modulus} (operands 1..{d.operand_max}, ops `{d.ops}`, multipliers coprime to\n"
+            f"{d.modulus}: a slipped step always makes the answer wrong; at most {d.additive_run or 'any number of'} "
+            "+ / - step(s) in a row)")
+
+
+def _warmup_model(w: WarmupConfig) -> str:
+    return f"{w.init} fine-tuned" if w.init else f"a {w.layers}-layer width-{w.width} model from random init"
+
+
 def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, levels: list[int]) -> str:
     d = c.rl.data
     N = c.eval_samples
@@ -181,11 +201,10 @@ def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, levels
     prm_detail = results["repirl"].markdown() if "prm/ranking" in results["repirl"].summary else ""
     text = f"""# repirl demo report
 
-Task: arithmetic chains modulo {d.modulus} (operands 1..{d.operand_max}, ops `{d.ops}`, multipliers coprime to
-{d.modulus}: a slipped step always makes the answer wrong; at most {d.additive_run or "any number of"} + / - step(s) in a row).
+Task: {_task_line(d)}.
 Imitation warm-up on
-{c.warmup.min_steps}-{c.warmup.max_steps}-step chains ({c.warmup.steps} steps of batch {c.warmup.batch}, a
-{c.warmup.layers}-layer width-{c.warmup.width} model from random init); then, from that same start,
+{c.warmup.min_steps}-{c.warmup.max_steps}-step chains ({c.warmup.steps} steps of batch {c.warmup.batch}, {_warmup_model(c.warmup)});
+then, from that same start,
 {c.rl.train.steps} RL steps on {d.min_steps}-{d.max_steps}-step chains ({d.prompts_per_step} prompts x {d.samples}
 samples per step, {d.experts} expert solution per prompt): plain outcome RLOO (`prm.loss=none`) and rePIRL
 (`{c.rl.prm.form}` PRM, c starting at {c.rl.prm.logprob_init}, energy = {c.rl.prm.score} of token rewards, PRM lr

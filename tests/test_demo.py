@@ -37,3 +37,23 @@ def test_demo_bad_override(tmp_path):
     r = subprocess.run([sys.executable, "-m", "repirl_jax.cli", "demo", "--workdir", str(tmp_path),
                         "--set", "warmup.stepz=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown key 'stepz' in WarmupConfig" in r.stderr, r.stderr[-1000:]
+
+
+def test_warmup_fine_tunes_a_pretrained_model_with_its_own_tokenizer(tmp_path):
+    """warmup.init: the start is that model (same architecture and tokenizer), moved by imitation;
+    the random-init path builds its own word-level tokenizer and model (here: the first start)."""
+    import dataclasses
+
+    import numpy as np
+
+    from repirl_jax import demo, models
+    from repirl_jax.config import apply_overrides
+
+    c = apply_overrides(demo.default_config(), ["warmup.steps=2", "warmup.n_train=32", "warmup.batch=4",
+                                                "warmup.width=16", "rl.data.n_train=8", "rl.data.n_test=4"])
+    first = demo.warmup(c, str(tmp_path / "a"))
+    second = demo.warmup(dataclasses.replace(c, warmup=dataclasses.replace(c.warmup, init=first)), str(tmp_path / "b"))
+    (ca, pa), (cb, pb) = models.load(first), models.load(second)
+    assert ca == cb and models.load_tokenizer(first).get_vocab() == models.load_tokenizer(second).get_vocab()
+    assert not np.array_equal(np.asarray(pa["embed"]), np.asarray(pb["embed"]))  # it trained
+    assert "a 2-layer width-16 model from random init" == demo._warmup_model(c.warmup)

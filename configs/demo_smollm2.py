@@ -1,0 +1,35 @@
+"""The demo on a real LM: the packaged SmolLM2-135M-Instruct, fine-tuned by imitation on 1-3-step
+integer chains in words ("Start with 12. Add 16, then multiply by 3. What is the final number?"),
+then plain outcome RLOO and rePIRL from that same start on 3-4-step chains, where its greedy
+accuracy is 20-60%; held-out report with the PRM against the exact step labels.
+
+    repirl demo --config configs/demo_smollm2.py --workdir runs/demo_smollm2 [--set rl.train.steps=N]
+
+Why this task (measured, README "A real LM"): zero-shot, SmolLM2-135M-Instruct answers 5% of
+1-step chains (it writes lists of unrelated operations) and 0 of 9 gsm_symbolic prompts; after
+150 imitation steps of batch 8 its held-out greedy accuracy is 0.92 / 0.73 / 0.46 / 0.20 / 0.04
+on 1-5-step chains. The expert lines ("12 + 16 = 28") are what it then writes, so
+`data.chain.step_labels` labels its steps exactly.
+
+CPU cost (2 cores): the warm-up about 14 s/step, RL see the README.
+"""
+from repirl_jax.config import DataConfig, LoopConfig, OptimConfig, PolicyConfig, PRMConfig, TrainConfig
+from repirl_jax.demo import DemoConfig, WarmupConfig
+
+
+def config() -> DemoConfig:
+    chain = DataConfig(task="chain", min_steps=3, max_steps=4, modulus=0, style="words", instruction=True,
+                       n_train=2000, n_test=100, seed=1, prompts_per_step=4, samples=4, experts=1, oversample=2,
+                       max_prompt_len=128, max_new_tokens=64)
+    return DemoConfig(
+        warmup=WarmupConfig(init="smollm2", min_steps=1, max_steps=3, n_train=4000, steps=150, batch=8, length=128,
+                            lr=5e-5, lr_warmup=20),
+        rl=TrainConfig(
+            data=chain,
+            # the demo's algorithm (repirl_jax/demo.py), at a pretrained model's learning rates
+            prm=PRMConfig(form="head_logprob", logprob_init=1.0, score="sum", optim=OptimConfig(lr=1e-6, grad_clip=10.0)),
+            policy=PolicyConfig(alpha_p=0.1, process_adv="last", logit_chunk=64,
+                                optim=OptimConfig(lr=1e-6, grad_clip=1.0)),
+            train=LoopConfig(steps=100, checkpoint_every=10, verify_workers=2)),
+        eval_samples=8)
+
