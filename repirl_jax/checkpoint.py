@@ -41,12 +41,14 @@ def _drop_orbax_leftovers() -> None:
     coroutines, once collected, and tensorstore's callbacks into orbax's event loop, already closed,
     each print an unraisable-exception traceback ('Exception ignored ...', 'RuntimeError: Event loop
     is closed'), and the gathered reads whose first error was already raised are logged by asyncio
-    ('Future exception was never retrieved', when collected, so only in some runs): pages
-    of them for a fault already reported in one line. Those, and only those, are dropped."""
+    ('Future exception was never retrieved', when collected, so only in some runs); a failed async
+    save is also logged by orbax's writer thread with its traceback ('... raised an exception').
+    Pages of them for a fault already reported in one line. Those, and only those, are dropped."""
     default = sys.unraisablehook
     if getattr(default, "drops_orbax_leftovers", False):
         return
-    logging.getLogger("asyncio").addFilter(_not_an_orbax_leftover)
+    for name in ("asyncio", "absl"):
+        logging.getLogger(name).addFilter(_not_an_orbax_leftover)
 
     def hook(u):
         code = getattr(u.object, "cr_code", None)  # a coroutine object
@@ -62,11 +64,23 @@ def _drop_orbax_leftovers() -> None:
 _DIRS: set[str] = set()  # the checkpoint directories of this process's Checkpointers
 
 
+# how asyncio and orbax word the records of a failed read or write whose error our code reports itself
+_LEFTOVER_PHRASES = ("exception was never retrieved", "raised an exception", "Failed to run",
+                     "Save Finalize thread")
+
+
 def _not_an_orbax_leftover(record: logging.LogRecord) -> bool:
-    """False for asyncio's 'exception was never retrieved' record of a read or write of one of our
-    checkpoint directories (tensorstore's futures and orbax's gathers both name the path)."""
+    """False for asyncio's and orbax's records (with their tracebacks) of a failed read or write of
+    one of our checkpoint directories, named in the message or in the logged exception's chain:
+    restore() warns of that error and a failed save raises it as one CheckpointError line."""
     msg = record.getMessage()
-    return "exception was never retrieved" not in msg or not any(d in msg for d in _DIRS)
+    if not any(p in msg for p in _LEFTOVER_PHRASES):
+        return True
+    text, e = [msg], record.exc_info[1] if record.exc_info else None
+    while e is not None and len(text) < 10:
+        text.append(str(e))
+        e = e.__cause__ or e.__context__
+    return not any(d in t for d in _DIRS for t in text)
 
 
 class Checkpointer:
