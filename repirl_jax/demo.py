@@ -99,7 +99,7 @@ def warmup(c: DemoConfig, workdir: str) -> str:
     w = c.warmup
     easy, (hard_train, hard_test) = _problems(c)
     if w.init:
-        src = models.smollm2_dir() if w.init == "smollm2" else w.init
+        src = models.model_dir(w.init)
         mc, params = models.load(src)
         tok = models.load_tokenizer(src)
     else:

@@ -48,7 +48,7 @@ def load_models(cfg: TrainConfig):
                                 param_dtype=m.dtype, remat=m.remat)
         return mc, models.init_params(mc, jax.random.key(cfg.train.seed)), mc, models.init_params(
             mc, jax.random.key(cfg.train.seed + 1)), tok
-    path = models.smollm2_dir() if m.policy == "smollm2" else m.policy
+    path = models.model_dir(m.policy)
     pc, pp = models.load(path, dtype=m.dtype)
     pc = pc.replace(remat=m.remat)
     if m.policy != "smollm2":
@@ -132,7 +132,7 @@ def check_workdir(workdir: str, cfg: TrainConfig, write: bool = True):
 def prm_ref_path(cfg: TrainConfig) -> str | None:
     """Where the implicit PRM's frozen reference can be reloaded from (None: a random tiny model)."""
     src = cfg.model.prm or cfg.model.policy
-    return None if src == "tiny" else models.smollm2_dir() if src == "smollm2" else os.path.abspath(src)
+    return None if src == "tiny" else os.path.abspath(models.model_dir(src))
 
 
 def verify_shared(problems, texts, t) -> tuple[np.ndarray, int]:

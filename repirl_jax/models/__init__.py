@@ -15,7 +15,7 @@ from . import transformer
 from .config import ModelConfig, ModelLoadError
 from .gguf_io import load_gguf, load_gguf_tokenizer
 from .hf import export_hf, load_hf_dir
-from .packaged import smollm2_dir, smollm2_gguf
+from .packaged import model_dir, smollm2_dir, smollm2_gguf
 from .transformer import (abstract_params, hidden_states, init_cache, init_params, param_axes,
                           unembed)
 
@@ -43,5 +43,5 @@ def load_tokenizer(path: str):
 
 
 __all__ = ["ModelConfig", "ModelLoadError", "load", "load_tokenizer", "forward", "export_hf", "init_params",
-           "param_axes", "abstract_params", "hidden_states", "unembed", "init_cache", "smollm2_dir",
+           "param_axes", "abstract_params", "hidden_states", "unembed", "init_cache", "model_dir", "smollm2_dir",
            "smollm2_gguf", "transformer"]

@@ -40,3 +40,8 @@ def smollm2_dir() -> str:
             cfg, params = load_gguf(src)
             export_hf(cfg, params, out, tokenizer=load_tokenizer(src))
     return out
+
+
+def model_dir(src: str) -> str:
+    """The HF directory a model source names: "smollm2" is the packaged model, anything else a path."""
+    return smollm2_dir() if src == "smollm2" else src
