@@ -63,6 +63,11 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "process_adv=position": (["policy.process_adv=position"], "token rewards centred per position within the group"),
     "process_adv=last": (["policy.process_adv=last"], "the PRM's trajectory score on the last token, group-baselined"),
     "form_shared": (["prm.form=shared"], "rePIRL with the head on the policy's trunk"),
+    "credit=prm_error": (["policy.credit=prm_error"], "rePIRL whose PRM also locates a failed rollout's failing step "
+                                                      "(its lowest-scored): the outcome credit stops there"),
+    "credit=exact_error": (["prm.loss=none", "policy.credit=exact_error"],
+                           "RLOO whose failed rollouts' outcome credit stops at the exact first wrong step "
+                           "(the ceiling of locating it)"),
 }
 # the demo's size (repirl_jax/demo.py default_config: 200 RL steps, 400 held-out problems); below it
 # the file says "toy"

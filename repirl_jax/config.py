@@ -91,6 +91,7 @@ class OptimConfig:
 PRM_FORMS = ("head", "head_logprob", "implicit", "shared")
 PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "exact", "none", "frozen")
 PROCESS_ADV = ("token", "position", "last")
+CREDITS = ("last", "prm_error", "exact_error")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
 
 
@@ -150,6 +151,10 @@ class PolicyConfig:
     format_penalty: float = 0.0  # subtracted from the outcome of a response with no \\boxed{} (TTT: 1)
     whiten: bool = True  # whiten advantages over the batch's response tokens
     process_adv: str = "token"  # [ours] token | position | last (losses.process_rewards)
+    # [ours] where a failed rollout's outcome advantage sits (losses.error_credit): last (its last token) |
+    # prm_error (the end of the step the PRM scores lowest) | exact_error (the end of the first wrong step
+    # by the exact step labels: the ceiling; chain task only)
+    credit: str = "last"
     clip_low: float = 0.2
     clip_high: float = 0.2
     entropy_coef: float = 0.001  # entropy is maximised
@@ -162,6 +167,7 @@ class PolicyConfig:
     def __post_init__(self):
         _check(self, "estimator", self.estimator in ESTIMATORS, f"expected one of {ESTIMATORS}")
         _check(self, "process_adv", self.process_adv in PROCESS_ADV, f"expected one of {PROCESS_ADV}")
+        _check(self, "credit", self.credit in CREDITS, f"expected one of {CREDITS}")
         _check(self, "clip_low", 0 <= self.clip_low < 1, "must be in [0, 1)")
         _check(self, "clip_high", self.clip_high >= 0, "must be >= 0")
         _check(self, "minibatches", self.minibatches >= 1, "must be >= 1")

@@ -218,6 +218,13 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     if cfg.prm.loss in ("oracle", "exact") and d.task != "chain":
         raise ConfigError(f"prm.loss={cfg.prm.loss} uses exact step labels, which only data.task=chain has "
                           f"(got data.task={d.task!r})")
+    if cfg.policy.credit == "exact_error" and d.task != "chain":
+        raise ConfigError(f"policy.credit=exact_error uses exact step labels, which only data.task=chain has "
+                          f"(got data.task={d.task!r})")
+    if cfg.policy.credit == "prm_error" and cfg.prm.loss in ("none", "exact"):
+        raise ConfigError(f"policy.credit=prm_error locates errors with the PRM's rewards; prm.loss={cfg.prm.loss} "
+                          "has no PRM")
+    labelled = cfg.prm.loss in ("oracle", "exact") or cfg.policy.credit == "exact_error"
     # several processes: one global mesh (their params and batches are global arrays)
     sharded = nproc > 1 or (jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1))
     layout = Layout.from_config(cfg.mesh) if sharded else None
@@ -290,7 +297,9 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                 outcome_GK=np.stack([ok[rows(g)] for g in chosen]),
                 format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
                 expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T),
-                step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if cfg.prm.loss in ("oracle", "exact") else None)
+                step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if labelled else None,
+                step_GKT=np.stack([np.stack([steps.token_steps(tok, r) for r in out.tokens[rows(g)]]) for g in chosen]
+                                  ).astype(np.int32) if cfg.policy.credit == "prm_error" else None)
             if layout is not None:  # global arrays: each process's devices receive only their rows
                 batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch,
                                      is_leaf=lambda v: isinstance(v, tuple))

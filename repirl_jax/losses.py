@@ -157,20 +157,50 @@ def reward_to_go(c_GKT, mask_GKT):
 
 
 def advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten=False, estimator="rloo",
-               process_adv="token", score="mean"):
+               process_adv="token", score="mean", credit_GKT=None):
     """Token advantages [G, K, T] (ALGORITHM.md section 4):
 
         A_o(i)  = r_o(i) - b(r_o)                      placed on the last real token of rollout i
+                                                       (or on `credit_GKT`'s token: error_credit)
         p_t(i)  = process_rewards(r_phi, mode=process_adv)   (r_t(i) - b(m) for `token`)
         c_t     = alpha_o * A_o(i) [t = last] + alpha_p * p_t(i)
         G_t     = sum_{s >= t} c_s                      (gamma = 1), 0 where mask is false
     then whitened over all masked tokens of the batch when `whiten`. b is the estimator's baseline.
     """
     mask = mask_GKT.astype(bool)
-    c = alpha_o * _baselined(outcome_GK, estimator)[..., None] * _last_token(mask)
+    at = _last_token(mask) if credit_GKT is None else credit_GKT
+    c = alpha_o * _baselined(outcome_GK, estimator)[..., None] * at
     c = c + alpha_p * process_rewards(process_GKT, mask, estimator, process_adv, score)
     ret = reward_to_go(c, mask)
     return masked_whiten(ret, mask) if whiten else ret
+
+
+def error_credit(error_GKT, outcome_GK, mask_GKT):
+    """[G, K, T] one-hot: where a rollout's outcome advantage goes (policy.credit). A failed rollout
+    whose error step is located (error_GKT: that step's tokens) gets it on the step's last token, so
+    the return-to-go credits the tokens up to the error and none after; every other rollout, on its
+    last token. When the answer is settled by the first wrong step (the chain task: every step a
+    bijection, `lucky_rate` ~0.1%), later tokens cannot change the outcome, their policy-gradient
+    term has mean zero, and dropping it removes variance without bias."""
+    mask = mask_GKT.astype(bool)
+    err = error_GKT & mask
+    T = mask.shape[-1]
+    last_err = T - 1 - jnp.argmax(jnp.flip(err, -1), -1)
+    located = jnp.any(err, -1) & (outcome_GK < 0.5)
+    return jnp.where(located[..., None], jnp.arange(T) == last_err[..., None], _last_token(mask)) & mask
+
+
+def lowest_step(r_GKT, step_GKT, mask_GKT):
+    """[G, K, T] the tokens of each rollout's step with the lowest mean token reward (a PRM's guess
+    of the failing step; step_GKT: each token's step index, steps.token_steps)."""
+    G, K, T = r_GKT.shape
+    mask = mask_GKT.astype(bool)
+    seg = (jnp.arange(G * K)[:, None] * T + jnp.clip(step_GKT.reshape(G * K, T), 0, T - 1)).reshape(-1)
+    m = mask.reshape(-1).astype(jnp.float32)
+    sums = jax.ops.segment_sum(r_GKT.reshape(-1) * m, seg, G * K * T).reshape(G * K, T)
+    counts = jax.ops.segment_sum(m, seg, G * K * T).reshape(G * K, T)
+    worst = jnp.argmin(jnp.where(counts > 0, sums / jnp.maximum(counts, 1), jnp.inf), -1).reshape(G, K)
+    return (step_GKT == worst[..., None]) & mask
 
 
 def shared_and_sample_rms(x_GKT, mask_GKT):

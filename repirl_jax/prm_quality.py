@@ -154,12 +154,20 @@ def step_metrics(step_scores: list[np.ndarray], labels: list[chain.StepLabels], 
                  A sample whose steps are all right but stop short of the solution has a label
                  past its last step, which no prediction can hit: it is left out (fws_n counts
                  the samples scored on the test half).
+    locate_acc   over the wrong samples whose first wrong step is one of their steps: how often it
+                 is the step scored lowest (no threshold: what policy.credit=prm_error uses to stop a
+                 failed rollout's outcome credit); locate_chance, a uniformly random step's rate.
     """
     s = np.concatenate([np.minimum.accumulate(x) for x in step_scores])
     y = np.concatenate([lab.ok for lab in labels]).astype(bool)
     if s.shape != y.shape:
         raise ValueError(f"step_metrics: {s.size} step scores for {y.size} labelled steps")
     out = {"step_auroc": (ev.auroc(s, y),)}
+    wrong = [i for i, lab in enumerate(labels) if lab.first_wrong is not None and lab.first_wrong < len(lab.ok)]
+    hits = [int(np.nanargmin(step_scores[i])) == labels[i].first_wrong for i in wrong
+            if np.isfinite(step_scores[i]).any()]
+    out |= {"locate_acc": (float(np.mean(hits)) if hits else float("nan"),),
+            "locate_chance": (float(np.mean([1 / len(labels[i].ok) for i in wrong])) if wrong else float("nan"),)}
     dev = dev_split(len(labels) // N, seed)
     usable = [i for i, lab in enumerate(labels) if lab.first_wrong is None or lab.first_wrong < len(lab.ok)]
     d = [i for i in usable if dev[i // N]]
@@ -174,9 +182,15 @@ def step_metrics(step_scores: list[np.ndarray], labels: list[chain.StepLabels], 
     return out | {f"fws_{k}": (v,) for k, v in m.items()} | {"fws_tau": (tau,), "fws_n": (float(len(t)),)}
 
 
+def _located(summary: dict, name: str):
+    acc, chance = summary.get(f"{name}/locate_acc"), summary.get(f"{name}/locate_chance")
+    return None if acc is None else f"{acc[0]:.3f} ({chance[0]:.3f})"
+
+
 def scorer_rows(summary: dict, N: int, names=None) -> list[dict]:
     """One table row per scorer present in `summary` (EvalReport.summary or its JSON): ranking,
-    AUROC, AUROC within level, best-of-N, step AUROC, first-wrong-step F1."""
+    AUROC, AUROC within level, best-of-N, step AUROC, first-wrong-step F1, failing step located
+    (locate_acc, chance beside it)."""
     def cell(key):
         v = summary.get(key)
         return None if v is None else ev.format_ci(*v) if len(v) == 3 else float(v[0])
@@ -189,5 +203,6 @@ def scorer_rows(summary: dict, N: int, names=None) -> list[dict]:
                      "ranking [95% CI]": cell(f"{name}/ranking"), "AUROC": cell(f"{name}/auroc"),
                      "AUROC within level": cell(f"{name}/auroc_within_level"),
                      f"best-of-{N} [95% CI]": cell(f"{name}/best_of_{N}"),
-                     "step AUROC": cell(f"{name}/step_auroc"), "FWS F1": cell(f"{name}/fws_f1")})
+                     "step AUROC": cell(f"{name}/step_auroc"), "FWS F1": cell(f"{name}/fws_f1"),
+                     "failing step located (chance)": _located(summary, name)})
     return rows

@@ -25,7 +25,7 @@ from .sharding import Layout
 
 @partial(jax.tree_util.register_dataclass, data_fields=[
     "prompt_GP", "prompt_mask_GP", "rollout_GKT", "rollout_mask_GKT", "sampler_logp_GKT", "outcome_GK",
-    "format_GK", "expert_GET", "expert_mask_GET", "step_ok_GKT"], meta_fields=[])
+    "format_GK", "expert_GET", "expert_mask_GET", "step_ok_GKT", "step_GKT"], meta_fields=[])
 @dataclasses.dataclass
 class Batch:
     """One iteration's data. G prompts, K rollouts and E expert solutions per prompt, P prompt
@@ -40,7 +40,8 @@ class Batch:
     format_GK: jax.Array  # float32 format reward added to the outcome source (0 when unused)
     expert_GET: jax.Array  # int32 expert responses
     expert_mask_GET: jax.Array  # bool; an all-false row is a missing expert
-    step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token, 1 / 0 / -1 (steps.labels; prm.loss=oracle | exact only)
+    step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token, 1 / 0 / -1 (steps.labels; prm.loss=oracle | exact, policy.credit=exact_error)
+    step_GKT: jax.Array | None = None  # int32 each response token's step index (steps.token_steps; policy.credit=prm_error)
 
     def axes(self) -> "Batch":
         """Logical axes of every field (the leading G dimension is the sharded batch)."""
@@ -333,7 +334,15 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
             r_GKT = jnp.zeros(mask.shape, jnp.float32)
         outcome = qc.alpha_o * batch.outcome_GK + batch.format_GK
         alpha_p = qc.alpha_p if pc.loss != "none" else 0.0
-        adv = losses.advantages(outcome, r_GKT, mask, 1.0, alpha_p, qc.whiten, qc.estimator, qc.process_adv, pc.score)
+        credit = None
+        if qc.credit != "last":  # the outcome advantage of a failed rollout stops at its (located) error step
+            err = (batch.step_ok_GKT == 0 if qc.credit == "exact_error"
+                   else losses.lowest_step(r_GKT, batch.step_GKT, mask))
+            credit = losses.error_credit(err, batch.outcome_GK, mask)
+            after = mask & (jnp.cumsum(credit, -1) - credit > 0)  # tokens past the credited one
+            metrics["credit_dropped_frac"] = jnp.sum(after) / jnp.maximum(jnp.sum(mask), 1)
+        adv = losses.advantages(outcome, r_GKT, mask, 1.0, alpha_p, qc.whiten, qc.estimator, qc.process_adv, pc.score,
+                                credit)
         if pc.loss != "none":  # how much of the process advantage only rewards positions (same for all samples)
             g_p = losses.reward_to_go(alpha_p * losses.process_rewards(r_GKT, mask, qc.estimator, qc.process_adv,
                                                                        pc.score), mask)

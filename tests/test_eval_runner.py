@@ -196,6 +196,11 @@ def test_first_wrong_step_metrics_on_a_tiny_case():
     # all 12 steps by prefix score (running min): ok 1,1,1,1,.9,.1,.1 vs wrong 0,0,.2,.2,.2
     # (sample 3's .9s follow its wrong first step): 4 * 5 + 5 + 2 * 2 of 35 pairs
     assert m["step_auroc"][0] == pytest.approx(29 / 35)
+    # lowest step of the two wrong samples: [1, 0, 0] -> 1 (first of the tie; label 1: hit),
+    # [0.2, 0.9, 0.9] -> 0 (label 0: hit); a random step hits 1/3 of the time
+    assert m["locate_acc"] == (1.0,) and m["locate_chance"] == (pytest.approx(1 / 3),)
+    scores[3] = np.array([0.9, 0.2, 0.9])  # the slip scored above a later step: a miss
+    assert prm_quality.step_metrics(scores, labels, 1, seed=0)["locate_acc"] == (0.5,)
 
 
 def test_a_stopped_short_sample_is_left_out_of_first_wrong_step():

@@ -302,3 +302,32 @@ def test_a_shared_pattern_moves_only_the_token_mode():
         assert (not np.allclose(a, b, atol=1e-5)) == moved, mode
     shared, per = losses.shared_and_sample_rms(jnp.asarray(np.broadcast_to(pattern, (G, K, T))), jnp.asarray(mask))
     assert float(per) < 1e-6 and float(shared) == pytest.approx(np.sqrt(np.mean(pattern ** 2)), rel=1e-5)
+
+
+def test_error_credit_and_lowest_step_match_reference():
+    """A failed rollout's outcome credit moves to the last token of its located error step (the
+    return-to-go then reaches the tokens up to it and none after); correct rollouts, failed ones
+    with no located step and the lowest-mean-reward step guess are checked against loops."""
+    G, K, T = 3, 4, 9
+    lens = rng.randint(1, T + 1, (G, K))
+    mask = np.arange(T) < lens[..., None]
+    step = np.cumsum(rng.rand(G, K, T) < 0.35, -1)  # each token's line index
+    r = rng.randn(G, K, T).astype(np.float32)
+    outcome = (rng.rand(G, K) < 0.4).astype(np.float32)
+    low = np.asarray(losses.lowest_step(jnp.asarray(r), jnp.asarray(step), jnp.asarray(mask)))
+    err = rng.rand(G, K, T) < 0.3
+    credit = np.asarray(losses.error_credit(jnp.asarray(err), jnp.asarray(outcome), jnp.asarray(mask)))
+    for g in range(G):
+        for k in range(K):
+            L = lens[g, k]
+            means = {s: r[g, k, :L][step[g, k, :L] == s].mean() for s in set(step[g, k, :L])}
+            worst = min(means, key=means.get)
+            np.testing.assert_array_equal(low[g, k], (step[g, k] == worst) & mask[g, k])
+            e = np.flatnonzero(err[g, k, :L])
+            at = e[-1] if outcome[g, k] == 0 and len(e) else L - 1
+            np.testing.assert_array_equal(credit[g, k], np.arange(T) == at)
+    adv = np.asarray(losses.advantages(outcome, np.zeros((G, K, T)), mask, 1.0, 0.0, False, "rloo",
+                                       credit_GKT=jnp.asarray(credit)))
+    a_o = np.asarray(losses.advantages(outcome, np.zeros((G, K, T)), mask, 1.0, 0.0, False, "rloo"))[..., 0]
+    at = np.argmax(credit, -1)
+    np.testing.assert_allclose(adv, np.where(np.arange(T) <= at[..., None], a_o[..., None], 0.0) * mask, atol=1e-6)

@@ -277,3 +277,21 @@ def test_exact_loss_rewards_the_correct_path_and_trains_no_prm():
     assert float(m["process_reward_mean"]) == pytest.approx(8 / 12)
     # rms over all 24 tokens of the reward-to-go: +-(1 - 2/6) on every token of each group
     assert float(m["process_adv_sample_rms"]) == pytest.approx(2 / 3, rel=1e-5)
+
+
+@pytest.mark.parametrize("credit,loss,dropped", [("exact_error", "exact", 3), ("prm_error", "frozen", 4)])
+def test_error_credit_stops_a_failed_rollouts_outcome_credit_at_its_error_step(credit, loss, dropped):
+    """policy.credit: the failed rollout's outcome advantage sits on its error step's last token,
+    by the exact labels (first wrong step: token 2) or by the PRM (lowest mean reward: a zero head
+    ties, so step 0, tokens 0-1); the tokens after it get no outcome credit, counted per step."""
+    rng = np.random.RandomState(5)
+    b = synthetic_batch(rng, G=2, K=2, E=2, T=6)
+    b.rollout_mask_GKT = np.ones_like(b.rollout_mask_GKT)
+    b.outcome_GK = np.array([[0.0, 1.0]] * 2, np.float32)
+    b.step_ok_GKT = np.array([[[1, 1, 0, -1, -1, -1], [1, 1, 1, 1, 1, 1]]] * 2, np.float32)
+    b.step_GKT = np.broadcast_to(np.array([0, 0, 1, 1, 2, 2], np.int32), (2, 2, 6)).copy()
+    cfg = ts.StepConfig(CFG, CFG, PRMConfig(form="head", loss=loss),
+                        PolicyConfig(alpha_p=0.0, credit=credit, whiten=False))
+    state = ts.init_state(cfg, fresh_params(0), fresh_params(1))
+    _, m = ts.make_train_step(cfg)(state, b)
+    assert float(m["credit_dropped_frac"]) == pytest.approx(2 * dropped / 24) and float(m["step_ok"]) == 1.0
