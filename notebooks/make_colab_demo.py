@@ -36,13 +36,14 @@ from repirl_jax.config import DataConfig, LoopConfig, ModelSource, OptimConfig, 
 WORKDIR = "runs/colab"
 shutil.rmtree(WORKDIR, ignore_errors=True)
 run_cfg = TrainConfig(
-    model=ModelSource(policy="smollm2", remat="full"),
+    # remat trades compute for memory: a TPU's HBM needs it at full size, a CPU runtime's small run does not
+    model=ModelSource(policy="smollm2", remat="none" if SMALL else "full"),
     data=DataConfig(task="gsm_symbolic", n_train=64, n_test=4, prompts_per_step=2 if SMALL else 8, samples=2 if SMALL else 4,
                     experts=1, oversample=1, acc_low=0.0, acc_high=1.0, max_prompt_len=256,
                     max_new_tokens=24 if SMALL else 256),
     prm=PRMConfig(optim=OptimConfig(lr=1e-6, grad_clip=10.0)),
     policy=PolicyConfig(alpha_p=0.1, logit_chunk=64, optim=OptimConfig(lr=1e-6)),
-    train=LoopConfig(steps=2 if SMALL else 20, checkpoint_every=0))
+    train=LoopConfig(steps=1 if SMALL else 20, checkpoint_every=0))
 last = loop.run(run_cfg, WORKDIR)
 print({k: last[k] for k in ("rollout_acc", "prm_loss", "reward_gap", "ess_frac", "eval_pass@1")})""")
 md("## Best-of-N with the learned PRM\nEach of N samples is scored by its mean token reward; the PRM's pick is compared with the first sample and with the oracle (pass@N).")

@@ -43,3 +43,9 @@ def subprocess_env(tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("xla_cache"))
     return {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (each a minute or more here) run first: `make test`'s two xdist workers
+    then end on short tests instead of one worker finishing a long one alone (longest first)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -30,6 +30,7 @@ def exports(workdir):
     return out
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path, subprocess_env):
     env = subprocess_env
     straight = tmp_path / "straight"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +25,7 @@ TRAIN = [sys.executable, "-m", "repirl_jax.cli", "train", "--config", "configs/t
          "--set", "prm.importance_weights=false"]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "LOGDIR": str(tmp_path / "logs")}
     multi = subprocess.run(["launch/local_multiprocess.sh", "2", "--", *TRAIN, "--workdir", str(tmp_path / "mp")],

@@ -57,6 +57,7 @@ def run_steps(cfg, layout, batches):
     return state, metrics, step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form,loss,score", [("head", "repirl", "sum"), ("implicit", "prime", "mean")])
 def test_sharded_step_equals_single_device(form, loss, score):
     """On the (2,2,2) and (1,2,4) meshes (one single-device reference for both), every step's losses

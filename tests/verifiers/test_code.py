@@ -44,6 +44,7 @@ def test_sandbox_is_bubblewrap_here():
     assert sandbox_kind() == "bwrap"  # make setup installs it; the fallback is for other machines
 
 
+@pytest.mark.slow
 def test_humaneval_canonical_pass_and_stubs_fail():
     problems, report = formats.humaneval()
     assert len(problems) == 164 and report.skipped == 0
