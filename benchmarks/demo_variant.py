@@ -1,6 +1,7 @@
 """python -m benchmarks.demo_variant START WORKDIR [key=value ...]: one RL stage of the demo from START (an
 imitation start, e.g. runs/demo/start) with overrides of demo.default_config().rl, then the one evaluation
-(demo.evaluate_run); prints a RESULT line and writes WORKDIR/eval_summary.json. Produced the issue-15 table."""
+(demo.evaluate_run); prints a RESULT line and writes WORKDIR/eval_summary.json, a `repirl compare` file (two
+variants' files give the paired difference over the same held-out problems). Produced the issue-15 tables."""
 import sys, time, json, os, dataclasses, logging
 os.environ["TQDM_DISABLE"] = "1"
 logging.basicConfig(level=logging.WARNING)
@@ -22,7 +23,7 @@ def main():
                                                  "prm_init/best_of", "prm_init/step_auroc"))]
     print("RESULT", wd, sets, f"train_s={tr:.0f}", json.dumps({k: [round(x, 3) for x in sm[k]] for k in keys}), flush=True)
     with open(os.path.join(wd, "eval_summary.json"), "w") as f:
-        json.dump(r.to_json(), f)
+        json.dump({"problem_ids": [p.id for p in test], **r.to_json()}, f)
 
 
 if __name__ == "__main__":
