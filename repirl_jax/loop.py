@@ -215,16 +215,13 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     G, K, E, T = d.prompts_per_step, d.samples, d.experts, d.max_new_tokens
 
     step_cfg = ts.StepConfig(pc, qc, cfg.prm, cfg.policy, temperature=d.temperature if d.temperature > 0 else 1.0)
-    if cfg.prm.loss in ("oracle", "exact") and d.task != "chain":
-        raise ConfigError(f"prm.loss={cfg.prm.loss} uses exact step labels, which only data.task=chain has "
-                          f"(got data.task={d.task!r})")
-    if cfg.policy.credit == "exact_error" and d.task != "chain":
-        raise ConfigError(f"policy.credit=exact_error uses exact step labels, which only data.task=chain has "
-                          f"(got data.task={d.task!r})")
+    labelled = cfg.prm.loss in ("oracle", "exact") or cfg.policy.credit == "exact_error"  # exact step labels
+    if labelled and d.task != "chain":
+        field = f"prm.loss={cfg.prm.loss}" if cfg.prm.loss in ("oracle", "exact") else "policy.credit=exact_error"
+        raise ConfigError(f"{field} uses exact step labels, which only data.task=chain has (got data.task={d.task!r})")
     if cfg.policy.credit == "prm_error" and cfg.prm.loss in ("none", "exact"):
         raise ConfigError(f"policy.credit=prm_error locates errors with the PRM's rewards; prm.loss={cfg.prm.loss} "
                           "has no PRM")
-    labelled = cfg.prm.loss in ("oracle", "exact") or cfg.policy.credit == "exact_error"
     # several processes: one global mesh (their params and batches are global arrays)
     sharded = nproc > 1 or (jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1))
     layout = Layout.from_config(cfg.mesh) if sharded else None

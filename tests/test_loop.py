@@ -134,6 +134,9 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, subprocess_env):
     (["--set", "mesh.shape=2,2,2", "--set", "data.rollout_slots=2"],
      "data.rollout_slots=2: must be a multiple of the mesh's batch shards (4)"),
     (["--set", "data.task=gsm8k", "--set", "data.path=/nonexistent/gsm8k.jsonl"], "/nonexistent/gsm8k.jsonl: file not found"),
+    (["--set", "policy.credit=exact_error", "--set", "data.task=gsm_symbolic"],
+     "policy.credit=exact_error uses exact step labels, which only data.task=chain"),
+    (["--set", "policy.credit=prm_error", "--set", "prm.loss=none"], "policy.credit=prm_error locates errors with the PRM"),
 ])
 def test_bad_overrides_are_one_line(tmp_path, args, needle):
     r = train(tmp_path / "w", *args)
