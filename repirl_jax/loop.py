@@ -285,9 +285,10 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                                    if sols else [])
             etoks, emask = sampling.pad_right(experts, T)
             row["expert_truncated"] = int(sum(len(x) > T for x in experts))
+            roll = np.stack([out.tokens[rows(g)] for g in chosen])
             batch = ts.Batch(
                 prompt_GP=ptoks, prompt_mask_GP=pmask,
-                rollout_GKT=np.stack([out.tokens[rows(g)] for g in chosen]),
+                rollout_GKT=roll,
                 rollout_mask_GKT=np.stack([out.mask[rows(g)] for g in chosen]),
                 # the distribution the rollouts were drawn from (tempered when T != 1)
                 sampler_logp_GKT=np.stack([out.sample_logprobs[rows(g)] for g in chosen]),
@@ -295,8 +296,7 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                 format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
                 expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T),
                 step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if labelled else None,
-                step_GKT=np.stack([np.stack([steps.token_steps(tok, r) for r in out.tokens[rows(g)]]) for g in chosen]
-                                  ).astype(np.int32) if cfg.policy.credit == "prm_error" else None)
+                step_GKT=steps.token_steps(tok, roll).astype(np.int32) if cfg.policy.credit == "prm_error" else None)
             if layout is not None:  # global arrays: each process's devices receive only their rows
                 batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch,
                                      is_leaf=lambda v: isinstance(v, tuple))

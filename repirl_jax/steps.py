@@ -23,10 +23,9 @@ def _newlines(tok) -> np.ndarray:
 
 
 def token_steps(tok, ids) -> np.ndarray:
-    """[T] step index of each token of one response."""
-    ids = np.asarray(ids, np.int64)
-    nl = _newlines(tok)[ids] if len(ids) else np.zeros(0, np.int64)
-    return np.cumsum(nl) - nl
+    """[..., T] step index of each token of responses [..., T] (one response, or a batch of them)."""
+    nl = _newlines(tok)[np.asarray(ids, np.int64)]
+    return np.cumsum(nl, -1) - nl
 
 
 def labels(problem, tok, ids) -> tuple[chain.StepLabels, np.ndarray]:

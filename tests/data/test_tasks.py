@@ -193,5 +193,8 @@ def test_token_steps_follow_the_newlines():
     lab, tok_ok = steps.labels(p, tok, mid)
     of_mid = steps.token_steps(tok, mid)
     assert lab.first_wrong == 1 and tok_ok.tolist() == [1.0 if k == 0 else 0.0 if k == 1 else -1.0 for k in of_mid]
+    n = min(len(bad), len(mid))  # a [G, K, T] batch of rollouts: row by row, as one response each
+    batch = np.array([[bad[:n], mid[:n]]] * 2)
+    np.testing.assert_array_equal(steps.token_steps(tok, batch), np.array([[of_bad[:n], of_mid[:n]]] * 2))
     np.testing.assert_allclose(steps.step_scores(np.arange(len(ids), dtype=float), of, len(p.meta["lines"]))[0],
                                np.arange(len(ids))[of == 0].mean())
