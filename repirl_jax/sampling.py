@@ -36,6 +36,7 @@ import numpy as np
 
 from .models import transformer
 from .models.config import ModelConfig
+from . import sharding
 from .sharding import Layout
 
 
@@ -208,11 +209,13 @@ def _slot_state(cfg: ModelConfig, S: int, P: int, M: int, W: int, R: int, layout
 @partial(jax.jit, static_argnames=("cfg", "num_samples", "in_loop", "top_k", "nucleus", "greedy", "layout"),
          donate_argnames=("s",))
 def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temperature, top_p, min_p, limit, eos_E,
-               stop_JW, until, *, num_samples: int, in_loop: bool, top_k: int, nucleus: bool,
+               stop_JW, until, shrink_at, *, num_samples: int, in_loop: bool, top_k: int, nucleus: bool,
                greedy: bool, layout: Layout | None):
     """Continuous batching: fills free slots with waiting requests, then decodes all slots until
     `until` decode steps have run or nothing is left (in_loop: free slots are refilled after every
-    step inside this loop; else the caller refills between calls, `until` steps apart).
+    step inside this loop; else the caller refills between calls, `until` steps apart), or until
+    no request waits and at most `shrink_at` slots are live (the caller then moves them into a
+    smaller cache: `_compact`).
 
     Request r is sample r % K of prompt r // K and draws with the keys of global row row0 + r, so
     its tokens are the static sampler's row r: only the slot it runs in and when differ.
@@ -273,10 +276,29 @@ def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temp
 
     def cond(s):
         waiting = in_loop & (s["queue"] < R)
-        return (s["iters"] < until) & (jnp.any(~s["done"]) | waiting)
+        drained = (s["queue"] >= R) & (jnp.sum(~s["done"]) <= shrink_at)
+        return (s["iters"] < until) & (jnp.any(~s["done"]) | waiting) & ~drained
 
     s = jax.lax.while_loop(cond, (lambda s: fill(decode(s))) if in_loop else decode, fill(s))
     return s, (s["queue"] >= R) & jnp.all(s["done"])
+
+
+SLOT_KEYS = ("req", "step", "last", "done", "recent", "valid", "pos")  # the state's per-slot arrays (axis 0)
+
+
+def _compact(s: dict, *, slots: int, layout: Layout | None) -> dict:
+    """The state with its live slots (at most `slots`; none waits) moved, in slot order, into a
+    cache of `slots` rows: the tail of a long-tailed rollout then decodes only the rows still
+    running instead of all S. A row's keys, values and outputs move unchanged."""
+    return dict(s, **_take_slots({k: s[k] for k in ("cache", *SLOT_KEYS)}, slots=slots, layout=layout))
+
+
+@partial(jax.jit, static_argnames=("slots", "layout"))  # no donation: every output is smaller than its input
+def _take_slots(s: dict, *, slots: int, layout: Layout | None) -> dict:
+    keep = jnp.argsort(s["done"], stable=True)[:slots]  # live slots first
+    cache = {k: sharding.constrain(layout, jnp.take(c, keep, axis=1), transformer.CACHE_AXES)
+             for k, c in s["cache"].items()}
+    return dict(cache=cache, **{k: s[k][keep] for k in SLOT_KEYS})
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -292,7 +314,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
              num_samples: int = 1, eos_id: int | Sequence[int] | None = None,
              stop: Sequence[Sequence[int]] = (), seed: int = 0, pad_id: int = 0, max_len: int | None = None,
-             max_prompts: int = 0, slots: int = 0, refill_every: int = 0,
+             max_prompts: int = 0, slots: int = 0, refill_every: int = 0, min_slots: int = 1,
              prompt_len: int = 0, layout: Layout | None = None) -> GenerateOutput:
     """Samples `num_samples` completions per prompt (token-id lists of any lengths).
 
@@ -310,7 +332,10 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     slots > 0 is continuous batching instead: that many decode slots (the KV cache's rows); when a
     row ends, the next waiting sample takes its slot, so long rows no longer hold short ones'
     slots idle. Same tokens as the static sampler, row for row. refill_every 0 refills inside the
-    compiled decode loop; n > 0 between compiled chunks of n decode steps. prompt_len: the prompt bucket (0 = the longest prompt's power of two); one
+    compiled decode loop; n > 0 between compiled chunks of n decode steps. Once no sample waits,
+    the rows still running move into a cache of half the slots whenever they fit in one, down to
+    min_slots (and the mesh's batch shards): the long tail decodes a few rows, not all S (each
+    size compiles once; min_slots = slots never shrinks). prompt_len: the prompt bucket (0 = the longest prompt's power of two); one
     fixed value keeps one compile across calls.
     """
     max_len = cfg.max_position_embeddings if max_len is None else max_len
@@ -334,8 +359,9 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         raise ValueError(f"generate: top_k={top_k}: must be >= 0")
     if max_prompts < 0:
         raise ValueError(f"generate: max_prompts={max_prompts}: must be >= 0 (0 = all at once)")
-    if slots < 0 or refill_every < 0:
-        raise ValueError(f"generate: slots={slots}, refill_every={refill_every}: both must be >= 0")
+    if slots < 0 or refill_every < 0 or min_slots < 1:
+        raise ValueError(f"generate: slots={slots}, refill_every={refill_every}, min_slots={min_slots}: slots and "
+                         "refill_every must be >= 0, min_slots >= 1")
     if slots and max_prompts:
         raise ValueError(f"generate: slots={slots} and max_prompts={max_prompts}: set one (both bound the KV cache)")
     if slots and layout is not None and slots % layout.batch_size_multiple:
@@ -360,7 +386,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     static = dict(num_samples=num_samples, top_k=top_k, nucleus=top_p < 1, greedy=temperature == 0, layout=layout)
     if slots:
         return _generate_continuous(cfg, params, tokens, valid, seed, consts, static, slots=slots,
-                                    refill_every=refill_every, max_new_tokens=max_new_tokens,
+                                    refill_every=refill_every, min_slots=min_slots, max_new_tokens=max_new_tokens,
                                     W=W, pad_id=pad_id)
     chunk = B if max_prompts <= 0 else min(max_prompts, B)
     n_chunks = -(-B // chunk)
@@ -386,24 +412,37 @@ def kv_cache_bytes(cfg: ModelConfig, rows: int, length: int) -> int:
     return 2 * cfg.num_layers * rows * cfg.num_kv_heads * length * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
 
 
-def _generate_continuous(cfg, params, tokens_BP, valid_BP, seed, consts, static, *, slots, refill_every,
+def _generate_continuous(cfg, params, tokens_BP, valid_BP, seed, consts, static, *, slots, refill_every, min_slots,
                          max_new_tokens, W, pad_id) -> GenerateOutput:
     """The host side of continuous batching: one `_run_slots` call (refills inside the compiled
-    loop), or with refill_every = n one call per n decode steps, refilling between calls."""
+    loop), or with refill_every = n one call per n decode steps, refilling between calls; and
+    once the queue is empty, one more per halving of the slots (`_compact`)."""
     (B, P), K, M, layout = tokens_BP.shape, static["num_samples"], bucket(max_new_tokens), static["layout"]
     R = B * K
     put = (lambda x: x) if layout is None else (lambda x: layout.put(x, (None, None)))  # every slot may read any prompt
     args = (put(tokens_BP), put(valid_BP), jax.random.key(seed), jnp.int32(0), *consts)
-    s, until = _slot_state(cfg, slots, P, M, W, R, layout), 0
+    shards = 1 if layout is None else layout.batch_size_multiple  # the cache's rows split evenly over these
+    fits = lambda n: n >= min_slots and n % shards == 0
+    s, until, S, slot_steps = _slot_state(cfg, slots, P, M, W, R, layout), 0, slots, R  # R: each prefill's first token
+    peak = slots
     while True:
+        half = S // 2 if fits(S // 2) else 0
         until = until + refill_every if refill_every else 2 ** 30
-        s, finished = _run_slots(cfg, params, s, *args, jnp.int32(until), in_loop=not refill_every, **static)
-        if not refill_every or bool(finished):
+        iters = int(s["iters"])
+        s, finished = _run_slots(cfg, params, s, *args, jnp.int32(until), jnp.int32(half), in_loop=not refill_every,
+                                 **static)
+        slot_steps += (int(s["iters"]) - iters) * S
+        if bool(finished):
             break
+        if half and int(s["queue"]) >= R and int(jnp.sum(~s["done"])) <= half:
+            while fits(S // 2) and int(jnp.sum(~s["done"])) <= S // 2:
+                S //= 2
+            peak = max(peak, slots + S) if S < slots else peak  # the first move holds both caches for a moment
+            s = _compact(s, slots=S, layout=layout)
     toks, mask, lp, slp = (to_host(s[k])[:, :max_new_tokens] for k in ("tokens", "mask", "logprobs", "sample_lp"))
     return GenerateOutput(tokens=np.where(mask, toks, pad_id).astype(np.int32), mask=mask, logprobs=lp,
-                          sample_logprobs=slp, slot_steps=int(s["iters"]) * slots + R,
-                          kv_cache_bytes=kv_cache_bytes(cfg, slots, P + M) + kv_cache_bytes(cfg, 1, P))
+                          sample_logprobs=slp, slot_steps=slot_steps,
+                          kv_cache_bytes=kv_cache_bytes(cfg, peak, P + M) + kv_cache_bytes(cfg, 1, P))
 
 
 def chat(cfg: ModelConfig, params, tokenizer, conversations: Sequence[Sequence[dict] | str], *,

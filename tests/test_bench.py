@@ -73,8 +73,8 @@ def test_attention_bench_small(tmp_path):
 
 
 def test_rollout_bench_small(tmp_path):
-    """Static vs continuous on the counting model: the drawn lengths come out, the tokens agree, and
-    reusing freed slots computes fewer positions."""
+    """Static vs continuous on the counting model: the drawn lengths come out, the tokens agree,
+    reusing freed slots computes fewer positions, and moving the drained tail into fewer slots fewer still."""
     from benchmarks import rollout
 
     r = rollout.run(str(tmp_path / "r.json"), small=True, requests=12, slots=4, chunk=4)
@@ -82,7 +82,8 @@ def test_rollout_bench_small(tmp_path):
     for k in ("slot_utilisation", "static_slot_utilisation", "ratio", "identical", "chunked_ratio"):
         assert saved[k] == r[k], k
     assert r["identical"] and r["lengths_as_drawn"] and r["max_logprob_diff"] < 1e-5
-    assert r["slot_utilisation"] > r["static_slot_utilisation"]
-    assert r["static"]["useful_tokens"] == r["continuous"]["useful_tokens"] == r["chunked"]["useful_tokens"]
-    for s in ("static", "continuous", "chunked"):
+    assert r["slot_utilisation"] > r["unshrunk_slot_utilisation"] > r["static_slot_utilisation"]
+    assert (r["static"]["useful_tokens"] == r["continuous"]["useful_tokens"] == r["chunked"]["useful_tokens"]
+            == r["unshrunk"]["useful_tokens"])
+    for s in ("static", "continuous", "chunked", "unshrunk"):
         assert r[s]["kv_cache_bytes"] > 0 and r[s]["tok_s"] > 0

@@ -210,6 +210,10 @@ def test_continuous_batching_equals_static_row_for_row(tiny_hf, greedy):
         # freed slots were reused: fewer positions computed than the static batch's rows x longest row
         assert got.mask.sum() / got.slot_steps > want.mask.sum() / want.slot_steps, every
         assert got.kv_cache_bytes < want.kv_cache_bytes
+        # the tail (no sample waiting) runs in 2 slots, then 1, instead of all 4: same rows, fewer positions
+        full = sampling.generate(cfg, params, SKEWED, slots=4, refill_every=every, min_slots=4, **kw)
+        assert_same_rows(full, want)
+        assert got.slot_steps < full.slot_steps, (every, got.slot_steps, full.slot_steps)
 
 
 def test_continuous_batching_sharded_equals_single_device(tiny_hf):
