@@ -23,6 +23,7 @@ Solutions longer than `max_tokens` are cut; one whose labelled step is cut off i
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -152,30 +153,54 @@ def evaluate_records(records: list[dict], seed: int = 0, n_boot: int = 2000) -> 
     return out
 
 
-def run(scorer, tokenizer, *, n_problems: int = 0, seed: int = 0, max_tokens: int = 1024,
-        batch: int = 4) -> tuple[dict, list[dict]]:
-    """(summary, per-solution records) on all CHAMP problems, or a seeded n_problems of them."""
+@dataclasses.dataclass
+class RandomScorer:
+    """The null a CHAMP score must beat: i.i.d. uniform token rewards (seeded), with the PRM's
+    config so that the same solutions are kept and cut."""
+
+    cfg: object
+    seed: int = 0
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.seed)
+
+    def token_rewards(self, prompt_ids, tokens_NT, mask_NT, n: int) -> np.ndarray:
+        return np.where(mask_NT, self.rng.uniform(size=tokens_NT.shape), 0.0)
+
+
+def run(scorers: dict, tokenizer, *, n_problems: int = 0, seed: int = 0, max_tokens: int = 1024,
+        batch: int = 4) -> tuple[dict, dict]:
+    """({name: summary}, {name: per-solution records}) of each scorer on all CHAMP problems, or a
+    seeded n_problems of them (the same solutions and dev/test split for every scorer)."""
     problems, sols = packaged.champ()
     if n_problems:
         keep = set(np.random.default_rng(seed).permutation([p.id for p in problems])[:n_problems].tolist())
         sols = [s for s in sols if s.problem_id in keep]
-    records, skipped = score_solutions(scorer, tokenizer, problems, sols, max_tokens=max_tokens, batch=batch)
-    summary = evaluate_records(records, seed)
-    summary["skipped"] = skipped
-    return summary, records
+    summaries, records = {}, {}
+    for name, scorer in scorers.items():
+        records[name], skipped = score_solutions(scorer, tokenizer, problems, sols, max_tokens=max_tokens, batch=batch)
+        summaries[name] = evaluate_records(records[name], seed) | {"skipped": skipped}
+    return summaries, records
 
 
-def table(summary: dict) -> str:
-    rows = [{"metric": f"{k} {kind}-score (test half, tau={summary[kind]['threshold']:.3g})",
-             "value [95% CI]": ev.format_ci(*summary[kind][k])}
+def table(summaries: dict) -> str:
+    """One row per metric, one column per scorer."""
+    first = next(iter(summaries.values()))
+    rows = [{"metric": f"{k} {kind}-score (test half)",
+             **{name: ev.format_ci(*sm[kind][k]) for name, sm in summaries.items()}}
             for kind in ("step", "prefix") for k in ("accuracy", "f1", "error_acc", "correct_acc")]
     rows.append({"metric": "AUROC solution score vs no wrong step (all)",
-                 "value [95% CI]": ev.format_ci(*summary["auroc"])})
-    return ev.markdown_table(rows, ["metric", "value [95% CI]"])
+                 **{name: ev.format_ci(*sm["auroc"]) for name, sm in summaries.items()}})
+    rows.append({"metric": "threshold tau (step / prefix, picked on the dev half)",
+                 **{name: f"{sm['step']['threshold']:.3g} / {sm['prefix']['threshold']:.3g}"
+                    for name, sm in summaries.items()}})
+    assert all(sm["n_test"] == first["n_test"] for sm in summaries.values())  # same solutions for every scorer
+    return ev.markdown_table(rows, ["metric", *summaries])
 
 
 def cli(args) -> int:
-    """`repirl eval --champ [N] --policy DIR --prm FINAL [--seed S] [--out F]`."""
+    """`repirl eval --champ [N] --policy DIR --prm FINAL [--prm-start START] [--seed S] [--out F]`:
+    the PRM, its untrained start (with --prm-start) and a random scorer on the same solutions."""
     import json
 
     from . import eval_runner, models
@@ -185,12 +210,18 @@ def cli(args) -> int:
         raise ConfigError("eval --champ needs --prm (a training run's final dir)")
     pc, params = models.load(args.policy)
     scorer = eval_runner.PRMScorer.load(args.prm, (pc, params))
-    summary, records = run(scorer, models.load_tokenizer(args.policy), n_problems=args.champ, seed=args.seed)
-    print(table(summary))
-    print(f"{summary['n_solutions']} solutions scored ({summary['n_dev']} dev, {summary['n_test']} test), "
-          f"{summary['skipped']} skipped (labelled step past the token cap)")
+    scorers = {"prm": scorer}
+    if args.prm_start:
+        scorers["prm_init"] = scorer.initial(models.load(args.prm_start))
+    scorers["random"] = RandomScorer(scorer.cfg, args.seed)
+    summaries, records = run(scorers, models.load_tokenizer(args.policy), n_problems=args.champ, seed=args.seed)
+    print(table(summaries))
+    sm = summaries["prm"]
+    print(f"{sm['n_solutions']} solutions scored ({sm['n_dev']} dev, {sm['n_test']} test), "
+          f"{sm['skipped']} skipped (labelled step past the token cap); columns: {', '.join(summaries)}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"policy": args.policy, "prm": args.prm, "task": "champ", "summary": summary,
-                       "solutions": records}, f, indent=1)
+            json.dump({"policy": args.policy, "prm": args.prm, "prm_start": args.prm_start, "task": "champ",
+                       "summary": sm, "nulls": {k: v for k, v in summaries.items() if k != "prm"},
+                       "solutions": records["prm"]}, f, indent=1)
     return 0
