@@ -235,9 +235,11 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
     # Rollout, static sampler: the cache of the R prompts of one sampler call (data.rollout_prompts)
     # is filled by the prefill, then repeated K times (both live at once); plus the prefill's forward
     # activations. Continuous batching (data.rollout_slots = S): S rows of P + T slots, plus the one
-    # refilled request's P-slot prefill cache and activations.
-    S = shp["S"]
-    rows, prefill_rows = (S, 1) if S else (R * K, R)
+    # refilled request's P-slot prefill cache and activations; when the drained tail first moves
+    # into S / 2 slots (sampling._compact), both caches live for a moment: S + S / 2 rows.
+    S, m = shp["S"], layout.batch_size_multiple
+    tail = S // 2 if S // 2 >= 1 and S // 2 % m == 0 else 0
+    rows, prefill_rows = (S + tail, 1) if S else (R * K, R)
     per_row = 2 * pol.num_layers * pol.num_kv_heads * pol.head_dim * _dtype_bytes(pol.dtype)
     cache_shards = _shards(layout, transformer.CACHE_AXES, (pol.num_layers, rows, pol.num_kv_heads, P + T,
                                                             pol.head_dim))
@@ -252,8 +254,7 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
     worst = max(phases, key=phases.get)
     if S:  # the most slots the HBM left beside the state holds, in multiples of the batch shards
         room = target.hbm_bytes - state_bytes - r["prefill_acts"] - per_row * P // cache_shards
-        m = layout.batch_size_multiple
-        shp["max_slots"] = max(0, int(room * cache_shards // (per_row * (P + T))) // m * m)
+        shp["max_slots"] = max(0, int(room * cache_shards // (1.5 * per_row * (P + T))) // m * m)  # S + S / 2 rows
     return dict(parts=r, state=state_bytes, phases=phases, worst=worst, peak=state_bytes + phases[worst],
                 mesh=dict(zip(cfg.mesh.axis_names, cfg.mesh.resolved_shape(target.devices))), shapes=shp,
                 remat=pol.remat, dtype=pol.dtype, policy_model=pol, prm_model=prm)
