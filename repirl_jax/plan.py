@@ -232,18 +232,18 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
         prm_acts=_activations(prm, layout, prm_groups * (K + E), L, T, backward=trunk_grads,
                               logits=2 if pc.form == "implicit" else 0, chunk=qc.logit_chunk),
     )
-    # Rollout, static sampler: the cache of the R prompts of one sampler call (data.rollout_prompts)
-    # is filled by the prefill, then repeated K times (both live at once); plus the prefill's forward
-    # activations. Continuous batching (data.rollout_slots = S): S rows of P + T slots, plus the one
-    # refilled request's P-slot prefill cache and activations; when the drained tail first moves
-    # into S / 2 slots (sampling._compact), both caches live for a moment: S + S / 2 rows.
+    # Rollout, static sampler: one sampler call's R prompts (data.rollout_prompts) keep their keys
+    # once (the prefix cache, P slots), their R * K samples a cache of T slots each; plus the
+    # prefill's forward activations. Continuous batching (data.rollout_slots = S): S rows of P + T
+    # slots, plus the one refilled request's P-slot prefill cache and activations; when the drained
+    # tail first moves into S / 2 slots (sampling._compact), both caches live for a moment: S + S / 2.
     S, m = shp["S"], layout.batch_size_multiple
     tail = S // 2 if S // 2 >= 1 and S // 2 % m == 0 else 0
     rows, prefill_rows = (S + tail, 1) if S else (R * K, R)
     per_row = 2 * pol.num_layers * pol.num_kv_heads * pol.head_dim * _dtype_bytes(pol.dtype)
     cache_shards = _shards(layout, transformer.CACHE_AXES, (pol.num_layers, rows, pol.num_kv_heads, P + T,
                                                             pol.head_dim))
-    r["kv_cache"] = per_row * (rows * (P + T) + prefill_rows * (P if S else P + T)) // cache_shards
+    r["kv_cache"] = per_row * (rows * (P + T if S else T) + prefill_rows * P) // cache_shards
     r["prefill_acts"] = _activations(pol, layout, prefill_rows, P, 1, backward=False, logits=0, chunk=0)
 
     state_bytes = sum(r[k] for k in ("policy_params", "prm_params", "policy_opt", "prm_opt", "policy_frozen",

@@ -1,10 +1,11 @@
 """Batched generation: one jitted prefill, then one `lax.while_loop` decode over a preallocated
 KV cache. Prompts are left-padded to a bucketed length so few shapes ever compile; the K samples
-of a prompt share its prefill (the cache rows are repeated after it).
+of a prompt share its prefill and its keys (a prefix cache read by all K).
 
 State of the decode loop (all device arrays, N = prompts * num_samples, M = max_new_tokens):
   step        int32 []          next output index to write
-  cache       {k, v}            [layers, N, kv_heads, P + M, head_dim]
+  cache       {k, v}            [layers, N, kv_heads, M, head_dim], the completions' keys and values
+                                (the prompts' are a read-only prefix cache [layers, prompts, ...])
   last        int32 [N]         token fed at this step
   done        bool  [N]         row has emitted EOS or a stop sequence (later tokens masked out)
   recent      int32 [N, W]      the row's last W tokens, W = longest stop sequence
@@ -148,15 +149,16 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, row0, temperat
     B, P = tokens_BP.shape
     N, M, W = B * num_samples, max_new, stop_JW.shape[1]
     positions_BP = jnp.maximum(jnp.cumsum(valid_BP, axis=-1) - 1, 0).astype(jnp.int32)
-    valid_BS = jnp.concatenate([valid_BP, jnp.ones((B, M), bool)], axis=1)
-    cache = transformer.init_cache(cfg, B, P + M, layout)
-    h_BPD, cache = transformer.hidden_states(cfg, params, tokens_BP, positions_BL=positions_BP,
-                                             valid_BS=valid_BS, cache=cache, cache_index=0, layout=layout)
+    prompt_cache = transformer.init_cache(cfg, B, P, layout)
+    h_BPD, prompt_cache = transformer.hidden_states(cfg, params, tokens_BP, positions_BL=positions_BP,
+                                                    valid_BS=valid_BP, cache=prompt_cache, cache_index=0, layout=layout)
     logits_BV = transformer.unembed(cfg, params, h_BPD[:, -1:], layout)[:, 0]
-    # The K samples of a prompt share its prefill: repeat rows, prompt-major.
+    # The K samples of a prompt share its prefill and read its keys once (the prefix cache, one
+    # row per prompt); rows are prompt-major. Only the completions get a cache row per sample.
+    prefix = dict(prompt_cache, valid=valid_BP)
     rep = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)
-    cache = jax.tree.map(lambda c: rep(c, 1), cache)  # batch is axis 1
-    valid_NS, next_pos_N = rep(valid_BS), rep(positions_BP[:, -1] + 1)
+    cache = transformer.init_cache(cfg, N, M, layout)
+    valid_NS, next_pos_N = jnp.ones((N, M), bool), rep(positions_BP[:, -1] + 1)
     rows_N = row0 + jnp.arange(N)  # global row index
 
     def pick(logits_NV, step):
@@ -186,7 +188,7 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, row0, temperat
         step = s["step"]
         h, cache = transformer.hidden_states(
             cfg, params, s["last"][:, None], positions_BL=(next_pos_N + step - 1)[:, None], valid_BS=valid_NS,
-            cache=s["cache"], cache_index=P + step - 1, layout=layout)
+            cache=s["cache"], cache_index=step - 1, prefix=prefix, layout=layout)
         return emit(dict(s, cache=cache), step, *pick(transformer.unembed(cfg, params, h, layout)[:, 0], step))
 
     s = jax.lax.while_loop(cond, body, state)
@@ -404,7 +406,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     toks, mask, lp, slp = (np.concatenate(xs)[:B * num_samples] for xs in zip(*parts))
     return GenerateOutput(tokens=np.where(mask, toks, pad_id).astype(np.int32), mask=mask, logprobs=lp,
                           sample_logprobs=slp, slot_steps=slot_steps,
-                          kv_cache_bytes=kv_cache_bytes(cfg, chunk * num_samples, P + bucket(max_new_tokens)))
+                          kv_cache_bytes=kv_cache_bytes(cfg, chunk, P) + kv_cache_bytes(cfg, chunk * num_samples,
+                                                                                       bucket(max_new_tokens)))
 
 
 def kv_cache_bytes(cfg: ModelConfig, rows: int, length: int) -> int:

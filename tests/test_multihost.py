@@ -17,11 +17,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [sys.executable, "-m", "repirl_jax.cli", "train", "--config", "configs/tiny_cpu.py", "--set", "train.steps=3",
          "--set", "policy.optim.eps=1e-6", "--set", "prm.optim.eps=1e-6", "--set", "policy.optim.lr=1e-4",
          "--set", "prm.optim.lr=1e-4",
-         # The per-prompt IS weights are a softmax over log pi_old of whole rollouts: the last-bit
-         # differences between the 1- and 2-process sampler log-probs (issue 16) move them enough to
-         # shift the near-zero PRM loss by ~1% at step 3 (-0.001263 vs -0.001248). This test checks the
-         # multi-process plumbing with uniform weights; the weights' sharded == single-device equality is
-         # test_train_step's. Restoring weighted IS here is part of issue 16.
+         # Uniform IS weights, why (issue 16, measured with the rollouts of both runs dumped): the 1- and
+         # 2-process samplers' logits differ in the last bits (log-probs within 9.5e-7), and over this
+         # random model's near-uniform 49k-token distribution a T=1 inverse-CDF draw at step 3 (row 3,
+         # token 24) falls on the other side of a CDF boundary: neighbouring ids 9068 vs 9067
+         # (test_sampling::test_t1_rows_agree_up_to_draws_on_a_cdf_boundary shows the mechanism). That
+         # rollout's log pi_old then differs by ~0.3 nats, which the per-prompt IS softmax turns into ess
+         # 1.92 vs 1.68 and a 5% different PRM loss; uniform weights are blind to it, so this test checks
+         # the multi-process plumbing. The weights' sharded == single-device equality: test_train_step.
          "--set", "prm.importance_weights=false"]
 
 

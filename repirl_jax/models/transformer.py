@@ -11,7 +11,8 @@ Layers are stacked on the leading axis and run under `lax.scan`.
 Attention masking is by slot, RoPE by position: a new token sees the earlier new tokens and
 the cache slots written before this call, where their `valid` bit is set. Without a cache,
 slot = index in the sequence. This one rule serves training (right padding), left-padded
-prompts and KV-cache decoding alike.
+prompts and KV-cache decoding alike. A `prefix` cache (the prompts' keys and values, one row
+per prompt) is read by R consecutive rows each, the R samples of a prompt, before the cache.
 """
 from __future__ import annotations
 
@@ -162,12 +163,14 @@ def causal_attention(q_BLHD, k_BKLD, v_BKLD, valid_BL, n_blocks: int | None = No
     return jnp.concatenate(out, axis=1) if n > 1 else out[0]
 
 
-def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, layout):
-    """Causal GQA attention of the L new tokens over the past cache slots (read only) and over
-    themselves. Returns (output, this layer's new k and v as [B, K, L, Dh] for the cache).
+def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, prefix, prefix_visible_PS, layout):
+    """Causal GQA attention of the L new tokens over the shared prefix (if any), the past cache
+    slots (both read only) and themselves. Returns (output, this layer's new k and v as
+    [B, K, L, Dh] for the cache).
 
-    The softmax runs jointly over the two key blocks; keeping the cache out of the layer scan's
-    carry is what keeps decode fast (a carried cache is copied by XLA on every layer)."""
+    The softmax runs jointly over the key blocks; keeping the caches out of the layer scan's
+    carry is what keeps decode fast (a carried cache is copied by XLA on every layer). The prefix
+    has one row per R query rows: its keys are read once for all R, as one matmul of R*G*L rows."""
     dt = x_BLD.dtype
     q_BLHD = jnp.einsum("bld,dhk->blhk", x_BLD, lp["wq"].astype(dt))
     k_BLKD = jnp.einsum("bld,dhk->blhk", x_BLD, lp["wk"].astype(dt))
@@ -192,10 +195,23 @@ def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, la
         s_new = _scores(q_BLKGD, k_BKLD, causal_LL[None] & valid_new_BL[:, None, :])
         s_old = _scores(q_BLKGD, past["k"], past_visible_BLS)
         m = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
+        if prefix is not None:  # rows b*R .. b*R + R - 1 share prefix row b
+            Bp = prefix["k"].shape[0]
+            q_PRLKGD = q_BLKGD.reshape(Bp, B // Bp, L, K, H // K, Dh)
+            s_pre = jnp.einsum("prlkgd,pksd->prkgls", q_PRLKGD, prefix["k"].astype(dt),
+                               preferred_element_type=jnp.float32) * (Dh ** -0.5)
+            s_pre = jnp.where(prefix_visible_PS[:, None, None, None, None], s_pre, NEG_INF)
+            m = jnp.maximum(m, s_pre.max(-1, keepdims=True).reshape(B, K, H // K, L, 1))
+            e_pre = jnp.exp(s_pre - m.reshape(Bp, B // Bp, K, H // K, L, 1))
         e_old, e_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
         denom = e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True)
+        if prefix is not None:
+            denom += e_pre.sum(-1).reshape(B, K, H // K, L, 1)
         o_BKGLD = (jnp.einsum("bkgls,bksd->bkgld", (e_old / denom).astype(dt), past["v"].astype(dt))
                    + jnp.einsum("bkgls,bksd->bkgld", (e_new / denom).astype(dt), v_BKLD))
+        if prefix is not None:
+            p_pre = (e_pre / denom.reshape(Bp, B // Bp, K, H // K, L, 1)).astype(dt)
+            o_BKGLD += jnp.einsum("prkgls,pksd->prkgld", p_pre, prefix["v"].astype(dt)).reshape(o_BKGLD.shape)
         # (einsum straight to [B, L, K, G, D] is 7x slower on XLA:CPU than this order + a transpose)
         o_BLHD = o_BKGLD.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
     o_BLHD = constrain(layout, o_BLHD, ("batch", "seq", "act_heads", None))
@@ -221,7 +237,7 @@ REMAT_POLICIES = {
 
 def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
                   positions_BL: jax.Array | None = None, valid_BS: jax.Array | None = None,
-                  cache: dict | None = None, cache_index: jax.Array | int = 0,
+                  cache: dict | None = None, cache_index: jax.Array | int = 0, prefix: dict | None = None,
                   layout: Layout | None = None) -> tuple[jax.Array, dict | None]:
     """Final-norm hidden states [B, L, D] (compute dtype) and the updated cache.
 
@@ -230,6 +246,9 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     tokens are written to slots [cache_index, cache_index + L): cache_index is one scalar for the
     batch (one in-place slice write), or int32 [B], each row at its own index (continuous
     batching, where a slot's row may be at any step; a scatter, indices past S dropped).
+    prefix (with a cache): {k, v: [layers, B / R, kv_heads, P, head_dim], valid: [B / R, P]},
+    keys every new token sees (where valid) before the cache's, shared by R consecutive rows
+    (the K samples of a prompt); positions must continue from it.
     """
     B, L = tokens_BL.shape
     dt = jnp.dtype(cfg.dtype)
@@ -254,17 +273,20 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     x_BLD = jnp.take(params["embed"], tokens_BL, axis=0).astype(dt)
     x_BLD = constrain(layout, x_BLD, ("batch", "seq", "act_embed"))
 
+    pre_kv = None if prefix is None else {"k": prefix["k"], "v": prefix["v"]}
+
     def layer(x_BLD, xs):
-        lp, past = xs
+        lp, past, pre = xs
         h = rms_norm(x_BLD, lp["attn_norm"], cfg.rms_norm_eps)
-        a, new_kv = _attention(cfg, lp, h, cos_sin, valid_new_BL, past, past_visible_BLS, layout)
+        a, new_kv = _attention(cfg, lp, h, cos_sin, valid_new_BL, past, past_visible_BLS, pre,
+                               None if prefix is None else prefix["valid"], layout)
         x_BLD = x_BLD + a
         x_BLD = x_BLD + _mlp(lp, rms_norm(x_BLD, lp["mlp_norm"], cfg.rms_norm_eps), layout)
         return constrain(layout, x_BLD, ("batch", "seq", "act_embed")), new_kv if cache is not None else None
 
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
-    x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (params["layers"], cache))
+    x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (params["layers"], cache, pre_kv))
     if cache is not None and per_row:  # new [layers, B, K, L, Dh] -> c[:, b, :, index_BL[b, l]]
         rows_BL = jnp.broadcast_to(jnp.arange(B)[:, None], (B, L))
         write = lambda c, n: c.at[:, rows_BL, :, index_BL].set(n.transpose(1, 3, 0, 2, 4).astype(c.dtype), mode="drop")
