@@ -427,7 +427,7 @@ def _generate_continuous(cfg, params, tokens_BP, valid_BP, seed, consts, static,
     shards = 1 if layout is None else layout.batch_size_multiple  # the cache's rows split evenly over these
     fits = lambda n: n >= min_slots and n % shards == 0
     s, until, S, slot_steps = _slot_state(cfg, slots, P, M, W, R, layout), 0, slots, R  # R: each prefill's first token
-    peak = slots
+    peak = slots  # cache rows allocated at once: a move holds the old and the new cache for a moment
     while True:
         half = S // 2 if fits(S // 2) else 0
         until = until + refill_every if refill_every else 2 ** 30
@@ -437,10 +437,11 @@ def _generate_continuous(cfg, params, tokens_BP, valid_BP, seed, consts, static,
         slot_steps += (int(s["iters"]) - iters) * S
         if bool(finished):
             break
-        if half and int(s["queue"]) >= R and int(jnp.sum(~s["done"])) <= half:
-            while fits(S // 2) and int(jnp.sum(~s["done"])) <= S // 2:
-                S //= 2
-            peak = max(peak, slots + S) if S < slots else peak  # the first move holds both caches for a moment
+        live, new = int(jnp.sum(~s["done"])), S
+        while int(s["queue"]) >= R and fits(new // 2) and live <= new // 2:
+            new //= 2
+        if new < S:
+            peak, S = max(peak, S + new), new
             s = _compact(s, slots=S, layout=layout)
     toks, mask, lp, slp = (to_host(s[k])[:, :max_new_tokens] for k in ("tokens", "mask", "logprobs", "sample_lp"))
     return GenerateOutput(tokens=np.where(mask, toks, pad_id).astype(np.int32), mask=mask, logprobs=lp,

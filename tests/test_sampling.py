@@ -223,7 +223,11 @@ def test_continuous_batching_sharded_equals_single_device(tiny_hf):
     want = sampling.generate(cfg, params, SKEWED, **kw)
     layout = Layout.from_config(MeshConfig(shape=(2, 2, 2)))
     _, sharded = models.load(path, layout=layout)
-    assert_same_rows(sampling.generate(cfg, sharded, SKEWED, slots=4, layout=layout, **kw), want)
+    # 8 slots for 12 requests: freed slots refill, then the drained tail moves into 4 (the batch shards)
+    got = sampling.generate(cfg, sharded, SKEWED, slots=8, layout=layout, **kw)
+    assert_same_rows(got, want)
+    P, M = sampling.bucket(9), sampling.bucket(24)  # prompt and completion buckets
+    assert got.kv_cache_bytes == sampling.kv_cache_bytes(cfg, 8 + 4, P + M) + sampling.kv_cache_bytes(cfg, 1, P)
     with pytest.raises(ValueError, match=r"slots=6 is not a multiple of the mesh's batch shards \(4\)"):
         sampling.generate(cfg, sharded, SKEWED, slots=6, layout=layout, **kw)
 
