@@ -11,7 +11,11 @@ Why this task (measured, README "A real LM"): zero-shot, SmolLM2-135M-Instruct a
 on 1-5-step chains. The expert lines ("12 + 16 = 28") are what it then writes, so
 `data.chain.step_labels` labels its steps exactly.
 
-CPU cost (2 cores): the warm-up about 14 s/step, RL see the README.
+CPU cost (2 cores): the warm-up about 14 s/step; RL (measured, 50 steps each from the same start):
+RLOO ~35-40 s/step (100 steps ~1 h), rePIRL ~70 s/step for the dual step and ~83 s/step in all
+(100 steps ~2.3 h: over the 2 h of issue 18). The rePIRL stage peaked at 23.5 GB resident: on a
+24 GB machine run nothing beside it (the evaluation after it was OOM-killed once with the test suite
+running alongside).
 """
 from repirl_jax.config import DataConfig, LoopConfig, OptimConfig, PolicyConfig, PRMConfig, TrainConfig
 from repirl_jax.demo import DemoConfig, WarmupConfig
@@ -29,7 +33,7 @@ def config() -> DemoConfig:
             # the demo's algorithm (repirl_jax/demo.py), at a pretrained model's learning rates
             prm=PRMConfig(form="head_logprob", logprob_init=1.0, score="sum", optim=OptimConfig(lr=1e-6, grad_clip=10.0)),
             policy=PolicyConfig(alpha_p=0.1, process_adv="last", logit_chunk=64,
-                                optim=OptimConfig(lr=1e-6, grad_clip=1.0)),
+                                optim=OptimConfig(lr=3e-6, grad_clip=1.0)),
             train=LoopConfig(steps=100, checkpoint_every=10, verify_workers=2)),
         eval_samples=8)
 
