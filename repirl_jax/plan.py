@@ -238,7 +238,7 @@ def estimate(cfg: TrainConfig, target: Target) -> dict:
     # slots, plus the one refilled request's P-slot prefill cache and activations; when the drained
     # tail first moves into S / 2 slots (sampling._compact), both caches live for a moment: S + S / 2.
     S, m = shp["S"], layout.batch_size_multiple
-    tail = S // 2 if S // 2 >= 1 and S // 2 % m == 0 else 0
+    tail = sampling.tail_slots(S, m)
     rows, prefill_rows = (S + tail, 1) if S else (R * K, R)
     per_row = 2 * pol.num_layers * pol.num_kv_heads * pol.head_dim * _dtype_bytes(pol.dtype)
     cache_shards = _shards(layout, transformer.CACHE_AXES, (pol.num_layers, rows, pol.num_kv_heads, P + T,

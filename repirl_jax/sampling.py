@@ -415,6 +415,12 @@ def kv_cache_bytes(cfg: ModelConfig, rows: int, length: int) -> int:
     return 2 * cfg.num_layers * rows * cfg.num_kv_heads * length * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
 
 
+def tail_slots(slots: int, shards: int = 1, min_slots: int = 1) -> int:
+    """The slot count the drained tail first moves into (0: it never moves): half the slots, when
+    that is at least min_slots and splits evenly over the mesh's batch shards."""
+    return slots // 2 if slots // 2 >= min_slots and slots // 2 % shards == 0 else 0
+
+
 def _generate_continuous(cfg, params, tokens_BP, valid_BP, seed, consts, static, *, slots, refill_every, min_slots,
                          max_new_tokens, W, pad_id) -> GenerateOutput:
     """The host side of continuous batching: one `_run_slots` call (refills inside the compiled
@@ -425,11 +431,10 @@ def _generate_continuous(cfg, params, tokens_BP, valid_BP, seed, consts, static,
     put = (lambda x: x) if layout is None else (lambda x: layout.put(x, (None, None)))  # every slot may read any prompt
     args = (put(tokens_BP), put(valid_BP), jax.random.key(seed), jnp.int32(0), *consts)
     shards = 1 if layout is None else layout.batch_size_multiple  # the cache's rows split evenly over these
-    fits = lambda n: n >= min_slots and n % shards == 0
     s, until, S, slot_steps = _slot_state(cfg, slots, P, M, W, R, layout), 0, slots, R  # R: each prefill's first token
     peak = slots  # cache rows allocated at once: a move holds the old and the new cache for a moment
     while True:
-        half = S // 2 if fits(S // 2) else 0
+        half = tail_slots(S, shards, min_slots)
         until = until + refill_every if refill_every else 2 ** 30
         iters = int(s["iters"])
         s, finished = _run_slots(cfg, params, s, *args, jnp.int32(until), jnp.int32(half), in_loop=not refill_every,
@@ -438,7 +443,7 @@ def _generate_continuous(cfg, params, tokens_BP, valid_BP, seed, consts, static,
         if bool(finished):
             break
         live, new = int(jnp.sum(~s["done"])), S
-        while int(s["queue"]) >= R and fits(new // 2) and live <= new // 2:
+        while int(s["queue"]) >= R and tail_slots(new, shards, min_slots) and live <= new // 2:
             new //= 2
         if new < S:
             peak, S = max(peak, S + new), new
