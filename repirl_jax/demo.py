@@ -51,6 +51,9 @@ class WarmupConfig:
     length: int = 104  # prompt + solution tokens (7 steps: <= 95)
     lr: float = 3e-3  # AdamW, linear warm-up for lr_warmup steps, then cosine decay to 0 at `steps`
     lr_warmup: int = 50
+    # > 0: the imitation data are noisy demonstrations (chain.ChainTask.slip_rate: a sign-slip habit on
+    # + / - lines) while RL's experts stay clean: a failure the policy can drop rather than a missing fact
+    slip_rate: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +88,8 @@ METHODS = {"rloo": ["prm.loss=none"], "repirl": []}
 
 def _problems(c: DemoConfig):
     w, d = c.warmup, c.rl.data
-    easy, _ = chain.splits(tasks.chain_task(d, min_steps=w.min_steps, max_steps=w.max_steps, seed=c.seed),
+    easy, _ = chain.splits(tasks.chain_task(d, min_steps=w.min_steps, max_steps=w.max_steps, seed=c.seed,
+                                            slip_rate=w.slip_rate),
                            w.n_train, 1)
     return easy, loop.load_problems(c.rl)
 

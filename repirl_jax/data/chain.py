@@ -19,6 +19,12 @@ width-128 model adds the run's operands and lands on the right answer past wrong
 "lucky" answer: 32% of its correct samples with runs allowed, 2.7% on chains without two
 + / - steps in a row). `additive_run=1` generates only such chains.
 
+Noisy demonstrations (`slip_rate`): each + / - line of the expert solution slips its sign with that
+probability ("47+8=39"), the solution going on from the slipped value; the prompt, gold answer and
+exact labels stay those of the correct solution. An imitation start trained on them has a habit
+(a coin per + / - line) rather than a missing fact: something outcome RL can remove and a PRM that
+learns where the slip sits can remove faster.
+
 Exact step labels: `step_labels(problem, response)` compares each response line with the
 expert's line at that index; a line is on the correct path when it and every line before it
 match (the final `\\boxed{}` line is the last step)."""
@@ -46,6 +52,10 @@ class ChainTask:
     ops: str = "+-*"  # the operations drawn from (a subset of "+-*")
     operand_max: int = 0  # > 0: operands drawn from 1..operand_max; 0: 1..modulus-1 (or the integer rules)
     additive_run: int = 0  # > 0: at most this many + / - steps in a row (then a multiplication); 0: no limit
+    # > 0: noisy demonstrations (a habit to unlearn): each + / - line of the expert solution is written
+    # with its sign slipped (a + x computed as a - x and vice versa) with this probability, the solution
+    # going on from the slipped value; prompts, gold and the exact labels (meta["lines"]) are unchanged
+    slip_rate: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.min_steps <= self.max_steps:
@@ -65,14 +75,20 @@ class ChainTask:
         if self.additive_run < 0 or (self.additive_run and "*" not in self.ops):
             raise ValueError(f"ChainTask: additive_run={self.additive_run} needs ops with '*' (a run of + / - "
                              f"steps ends in a multiplication) and must be >= 0; ops={self.ops!r}")
+        if not 0 <= self.slip_rate <= 1 or (self.slip_rate and not set(self.ops) & set("+-")):
+            raise ValueError(f"ChainTask: slip_rate={self.slip_rate} must be in [0, 1] and needs '+' or '-' in "
+                             f"ops={self.ops!r} (only + / - lines slip)")
 
 
 def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus: int = 0,
                  instruction: bool = True, style: str = "words", ops: str = "+-*", operand_max: int = 0,
-                 additive_run: int = 0) -> Problem:
+                 additive_run: int = 0, slip_rate: float = 0.0, slip_rng: random.Random | None = None) -> Problem:
+    """One chain problem; with `slip_rate`, its expert solution is a noisy demonstration drawn with
+    `slip_rng` (a stream apart from `rng`, so the problems are those of slip_rate=0)."""
     m = modulus
     value = rng.randint(0, m - 1) if m else rng.randint(2, 20)
-    phrases, lines = [], []
+    phrases, lines, written = [], [], []
+    shown = value  # the value the (possibly slipped) expert solution carries
     choices = [o for o in OPS if o[1] in ops]
     run = 0  # + / - steps in a row so far
     for _ in range(steps):
@@ -84,11 +100,12 @@ def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus
             x = rng.randint(1, operand_max)
         else:
             x = rng.randint(1, m - 1) if m else rng.randint(2, 5) if sym == "*" else rng.randint(2, 19)
-        new = {"+": value + x, "-": value - x, "*": value * x}[sym]
-        new = new % m if m else new
         phrases.append(f"{word} {x}" if style == "words" else f"{sym}{x}")
-        lines.append(f"{value} {sym} {x} = {new}" if style == "words" else f"{value}{sym}{x}={new}")
-        value = new
+        lines.append(_line(value, sym, x, _apply(value, sym, x, m), style))
+        slip = slip_rate and sym in "+-" and slip_rng.random() < slip_rate
+        new_shown = _apply(shown, {"+": "-", "-": "+"}[sym] if slip else sym, x, m)
+        written.append(_line(shown, sym, x, new_shown, style))
+        value, shown = _apply(value, sym, x, m), new_shown
     start = re.match(r"-?\d+", lines[0]).group()
     if style == "words":
         text = f"Start with {start}. {', then '.join(phrases).capitalize()}."
@@ -96,13 +113,23 @@ def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus
     else:  # applied left to right
         text = f"{start} {' '.join(phrases)}" + (f" (mod {m})" if m else "")
     lines.append(f"\\boxed{{{value}}}")
+    written.append(f"\\boxed{{{shown}}}")
     return Problem(id=f"chain/{split}/{steps}/{index}", prompt=f"{text}\n{INSTRUCTION}" if instruction else text,
-                   gold=str(value), experts=["\n".join(lines)], split=split, source="chain",
+                   gold=str(value), experts=["\n".join(written)], split=split, source="chain",
                    meta={"steps": steps, "lines": lines})
 
 
+def _apply(value: int, sym: str, x: int, m: int) -> int:
+    new = {"+": value + x, "-": value - x, "*": value * x}[sym]
+    return new % m if m else new
+
+
+def _line(value: int, sym: str, x: int, new: int, style: str) -> str:
+    return f"{value} {sym} {x} = {new}" if style == "words" else f"{value}{sym}{x}={new}"
+
+
 def _generate(task: ChainTask, split: str, n: int, exclude: set[str]) -> list[Problem]:
-    rng = random.Random(f"{task.seed}/{split}")
+    rng, slip_rng = random.Random(f"{task.seed}/{split}"), random.Random(f"{task.seed}/{split}/slips")
     out, seen, tries = [], set(exclude), 0
     while len(out) < n:
         tries += 1
@@ -110,7 +137,8 @@ def _generate(task: ChainTask, split: str, n: int, exclude: set[str]) -> list[Pr
             raise ValueError(f"ChainTask: cannot find {n} distinct {split} problems with steps "
                              f"{task.min_steps}..{task.max_steps}; ask for fewer")
         p = make_problem(rng, rng.randint(task.min_steps, task.max_steps), split, len(out), task.modulus,
-                         task.instruction, task.style, task.ops, task.operand_max, task.additive_run)
+                         task.instruction, task.style, task.ops, task.operand_max, task.additive_run,
+                         task.slip_rate, slip_rng)
         if p.prompt not in seen:
             seen.add(p.prompt)
             out.append(p)

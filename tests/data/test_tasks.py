@@ -161,6 +161,37 @@ def test_additive_run_limits_runs_of_plus_minus():
         tasks.chain_task(DataConfig(modulus=100, operand_max=9, ops="+-", additive_run=1))
 
 
+def test_slip_rate_writes_noisy_demonstrations_of_the_same_problems():
+    """slip_rate: + / - lines of the expert solution slip their sign at that rate, the solution goes
+    on from the slipped value (each line's own arithmetic stays right); prompts, gold and exact
+    labels are those of slip_rate=0, so step_labels finds the first slip."""
+    task = chain.ChainTask(5, 7, 1, 100, instruction=False, style="symbols", operand_max=9, additive_run=1)
+    clean = chain.splits(task, 300, 10)[0]
+    noisy = chain.splits(dataclasses.replace(task, slip_rate=0.6), 300, 10)[0]
+    n_pm = slips = 0
+    for p, q in zip(clean, noisy):
+        assert (p.prompt, p.gold, p.meta) == (q.prompt, q.gold, q.meta)
+        written, want = q.experts[0].split("\n"), p.meta["lines"]
+        assert len(written) == len(want) and p.experts[0].split("\n") == want
+        value = None
+        for i, (line, sym) in enumerate(zip(written[:-1], re.findall(r"([+*-])\d", p.prompt))):
+            a, x, r = map(int, re.fullmatch(r"(\d+)[+*-](\d+)=(\d+)", line).groups())
+            assert value is None or a == value  # goes on from what it wrote
+            slipped = sym in "+-" and r == {"+": a - x, "-": a + x}[sym] % 100
+            assert slipped or r == {"+": a + x, "-": a - x, "*": a * x}[sym] % 100
+            n_pm += sym in "+-"
+            slips += slipped
+            value = r
+        assert written[-1] == f"\\boxed{{{value}}}"
+        first = next((i for i, (w, c) in enumerate(zip(written, want)) if w != c), None)
+        assert chain.step_labels(q, q.experts[0]).first_wrong == first
+    assert 0.5 < slips / n_pm < 0.7, slips / n_pm  # 300 problems, ~700 + / - lines
+    with pytest.raises(ConfigError, match="data: .*slip_rate=0.5 must be in .* needs '\+' or '-'"):
+        tasks.chain_task(DataConfig(modulus=10, ops="*"), slip_rate=0.5)
+    with pytest.raises(ConfigError, match="data: .*slip_rate=1.5"):
+        tasks.chain_task(DataConfig(), slip_rate=1.5)
+
+
 def test_step_labels_refuse_other_tasks_and_bad_options():
     with pytest.raises(ValueError, match="only chain-task problems"):
         chain.step_labels(Problem(id="gsm/1", prompt="q", gold="1", source="gsm_symbolic"), "1")
