@@ -101,11 +101,12 @@ def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus
         else:
             x = rng.randint(1, m - 1) if m else rng.randint(2, 5) if sym == "*" else rng.randint(2, 19)
         phrases.append(f"{word} {x}" if style == "words" else f"{sym}{x}")
-        lines.append(_line(value, sym, x, _apply(value, sym, x, m), style))
+        new = _apply(value, sym, x, m)
+        lines.append(_line(value, sym, x, new, style))
         slip = slip_rate and sym in "+-" and slip_rng.random() < slip_rate
         new_shown = _apply(shown, {"+": "-", "-": "+"}[sym] if slip else sym, x, m)
         written.append(_line(shown, sym, x, new_shown, style))
-        value, shown = _apply(value, sym, x, m), new_shown
+        value, shown = new, new_shown
     start = re.match(r"-?\d+", lines[0]).group()
     if style == "words":
         text = f"Start with {start}. {', then '.join(phrases).capitalize()}."

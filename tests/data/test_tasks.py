@@ -174,7 +174,7 @@ def test_slip_rate_writes_noisy_demonstrations_of_the_same_problems():
         written, want = q.experts[0].split("\n"), p.meta["lines"]
         assert len(written) == len(want) and p.experts[0].split("\n") == want
         value = None
-        for i, (line, sym) in enumerate(zip(written[:-1], re.findall(r"([+*-])\d", p.prompt))):
+        for line, sym in zip(written[:-1], re.findall(r"([+*-])\d", p.prompt)):
             a, x, r = map(int, re.fullmatch(r"(\d+)[+*-](\d+)=(\d+)", line).groups())
             assert value is None or a == value  # goes on from what it wrote
             slipped = sym in "+-" and r == {"+": a - x, "-": a + x}[sym] % 100
