@@ -36,30 +36,12 @@ def smollm2():
     return cfg, params, models.load_tokenizer(path), path
 
 
-def _xla_cache_dir(tmp_path_factory) -> str:
-    """One persistent XLA compilation cache per test run, shared by the xdist workers (their
-    basetemps are children of the run's) and the subprocesses: the same tiny programs compile in
-    several tests, and on 2 cores compiling is most of the suite's time."""
-    base = tmp_path_factory.getbasetemp()
-    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
-    path.mkdir(exist_ok=True)
-    return str(path)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def xla_cache(tmp_path_factory):
-    cache = _xla_cache_dir(tmp_path_factory)
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return cache
-
-
 @pytest.fixture(scope="session")
-def subprocess_env(xla_cache):
-    """os.environ plus the run's persistent XLA compilation cache for the `repirl train`
-    subprocesses: they all run configs/tiny_cpu.py, so only the first one compiles."""
-    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": xla_cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+def subprocess_env(tmp_path_factory):
+    """os.environ plus one persistent XLA compilation cache for the `repirl train` subprocesses of
+    this test session: they all run configs/tiny_cpu.py, so only the first one compiles."""
+    cache = str(tmp_path_factory.mktemp("xla_cache"))
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 

@@ -13,11 +13,10 @@ SMALL = ["--set", "warmup.steps=20", "--set", "warmup.n_train=200",
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path, subprocess_env):
+def test_demo_end_to_end(tmp_path):
     w = tmp_path / "demo"
     cmd = [sys.executable, "-m", "repirl_jax.cli", "demo", "--workdir", str(w), *SMALL]
-    # the run's persistent XLA cache: the second call evaluates again with the same programs
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=subprocess_env)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     report = (w / "report.md").read_text()
     for needle in ("| start |", "| rloo |", "| repirl |", "held-out pass@1 (greedy) [95% CI]", "repirl - rloo",
@@ -29,7 +28,7 @@ def test_demo_end_to_end(tmp_path, subprocess_env):
     for run in ("rloo", "repirl"):
         assert (w / run / "final" / "policy" / "config.json").is_file()
     assert (w / "start" / "tokenizer.json").is_file()
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=subprocess_env)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "reusing" in again.stderr, again.stderr[-2000:]
     assert "imitation:" not in again.stderr  # no second warm-up
 
