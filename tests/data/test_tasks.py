@@ -186,7 +186,7 @@ def test_slip_rate_writes_noisy_demonstrations_of_the_same_problems():
         first = next((i for i, (w, c) in enumerate(zip(written, want)) if w != c), None)
         assert chain.step_labels(q, q.experts[0]).first_wrong == first
     assert 0.5 < slips / n_pm < 0.7, slips / n_pm  # 300 problems, ~700 + / - lines
-    with pytest.raises(ConfigError, match="data: .*slip_rate=0.5 must be in .* needs '\+' or '-'"):
+    with pytest.raises(ConfigError, match=r"data: .*slip_rate=0.5 must be in .* needs '\+' or '-'"):
         tasks.chain_task(DataConfig(modulus=10, ops="*"), slip_rate=0.5)
     with pytest.raises(ConfigError, match="data: .*slip_rate=1.5"):
         tasks.chain_task(DataConfig(), slip_rate=1.5)
