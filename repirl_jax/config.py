@@ -221,6 +221,9 @@ class DataConfig:
     max_prompt_len: int = 128
     max_new_tokens: int = 48
     temperature: float = 1.0
+    # how a rollout token is drawn (sampling.sample_token): "icdf" is the cheap one on CPU; "gumbel"
+    # keeps runs that batch differently (2 processes vs 1) on the same tokens despite roundoff
+    draw: str = "icdf"
     rollout_prompts: int = 0  # prompts per sampler call (bounds the rollout KV cache); 0 = all at once
     # continuous batching for rollouts, eval and beam search: this many decode slots (the KV cache's
     # rows; a finished row's slot takes the next waiting sample); 0 = the static sampler
@@ -233,6 +236,7 @@ class DataConfig:
         _check(self, "oversample", self.oversample >= 1, "must be >= 1")
         _check(self, "rollout_prompts", self.rollout_prompts >= 0, "must be >= 0 (0 = all prompts in one call)")
         _check(self, "rollout_slots", self.rollout_slots >= 0, "must be >= 0 (0 = the static sampler)")
+        _check(self, "draw", self.draw in ("icdf", "gumbel"), "expected icdf | gumbel")
         _check(self, "rollout_slots", not (self.rollout_slots and self.rollout_prompts),
                f"rollout_prompts={self.rollout_prompts} also bounds the rollout KV cache: set one of the two")
         _check(self, "acc_high", 0 <= self.acc_low <= self.acc_high <= 1, "need 0 <= acc_low <= acc_high <= 1")

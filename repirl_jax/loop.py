@@ -261,7 +261,8 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
             out = sampling.generate(pc, state.policy, [enc.ids[i] for i in idx], max_new_tokens=T,
                                     temperature=d.temperature, num_samples=K, eos_id=pc.eos_ids,
                                     seed=t.seed * 1_000_003 + it, max_prompts=d.rollout_prompts,
-                                    slots=d.rollout_slots, prompt_len=P if d.rollout_slots else 0, layout=layout)
+                                    slots=d.rollout_slots, prompt_len=P if d.rollout_slots else 0, draw=d.draw,
+                                    layout=layout)
             times["rollout_s"], t0 = time.perf_counter() - t0, time.perf_counter()
             texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(out.tokens, out.mask)]
             ok, failed = verify_shared([train[idx[i // K]] for i in range(len(texts))], texts, t)

@@ -17,15 +17,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [sys.executable, "-m", "repirl_jax.cli", "train", "--config", "configs/tiny_cpu.py", "--set", "train.steps=3",
          "--set", "policy.optim.eps=1e-6", "--set", "prm.optim.eps=1e-6", "--set", "policy.optim.lr=1e-4",
          "--set", "prm.optim.lr=1e-4",
-         # Uniform IS weights, why (issue 16, measured with the rollouts of both runs dumped): the 1- and
+         # Gumbel draws, why (issue 16, measured with the rollouts of both runs dumped): the 1- and
          # 2-process samplers' logits differ in the last bits (log-probs within 9.5e-7), and over this
-         # random model's near-uniform 49k-token distribution a T=1 inverse-CDF draw at step 3 (row 3,
-         # token 24) falls on the other side of a CDF boundary: neighbouring ids 9068 vs 9067
-         # (test_sampling::test_t1_rows_agree_up_to_draws_on_a_cdf_boundary shows the mechanism). That
-         # rollout's log pi_old then differs by ~0.3 nats, which the per-prompt IS softmax turns into ess
-         # 1.92 vs 1.68 and a 5% different PRM loss; uniform weights are blind to it, so this test checks
-         # the multi-process plumbing. The weights' sharded == single-device equality: test_train_step.
-         "--set", "prm.importance_weights=false"]
+         # random model's near-uniform 49k-token distribution an inverse-CDF draw now and then falls on
+         # the other side of a CDF boundary (neighbouring ids 9068 vs 9067 at step 3; on CI's machine at
+         # step 2), and the runs part from there. A Gumbel argmax only moves when its top two are within
+         # that roundoff, so both runs train on the same rollouts and the comparison is about the
+         # multi-process plumbing (test_sampling::test_t1_rows_agree_up_to_draws_on_a_cdf_boundary).
+         "--set", "data.draw=gumbel"]
 
 
 @pytest.mark.slow
