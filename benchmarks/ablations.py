@@ -36,6 +36,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -342,13 +343,27 @@ def main(argv=None) -> int:
             write()
     else:  # spawn: jax is not fork-safe; each worker compiles its own shapes
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=exit_with_parent,
+                                                    initargs=(os.getpid(),)) as pool:
             futs = {pool.submit(job, v, s): (v, s) for v, s in todo}
             for f in concurrent.futures.as_completed(futs):
                 done[futs[f]] = f.result()
                 write()
     print(write())
     return 0
+
+
+def exit_with_parent(parent: int, poll_s: float = 1.0):
+    """Pool-worker initializer: once the sweep's process is gone, kill this worker's own children
+    (its verifier pool) and exit. Why: a killed parent leaves its workers running the runs already
+    queued to them, for hours, sharing the cores with whatever comes next."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        for child in multiprocessing.active_children():
+            child.kill()
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _train_and_evaluate(c, start: str, root: str, bon: int, workers: int, variant: str, seed: int):

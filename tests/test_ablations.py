@@ -3,6 +3,7 @@ without redoing anything and labels its output as a toy run."""
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -65,3 +66,33 @@ def test_toy_sweep_runs_resumes_and_says_toy(tmp_path):
     assert again.returncode == 0 and "reusing" in again.stderr, again.stderr[-2000:]
     assert "train:" not in again.stderr  # no training step ran the second time
     assert out.read_text().split("\n", 4)[4] == text.split("\n", 4)[4]  # same results, below the header
+
+
+def test_sweep_workers_exit_when_the_sweep_is_killed(tmp_path):
+    """--jobs N: kill -9 of the sweep's process ends its pool workers (they would otherwise go on
+    with the runs already queued to them)."""
+    script = ("import concurrent.futures, multiprocessing, os, sys, time\n"
+              "from benchmarks import ablations\n"
+              "if __name__ == '__main__':\n"
+              "    ctx = multiprocessing.get_context('spawn')\n"
+              "    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=ablations.exit_with_parent,\n"
+              "                                                  initargs=(os.getpid(), 0.1))\n"
+              "    print(pool.submit(os.getpid).result(), flush=True)\n"
+              "    pool.submit(time.sleep, 600)\n"
+              "    time.sleep(600)\n")
+    (tmp_path / "sweep.py").write_text(script)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "sweep.py")], cwd=root, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": root})
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, 9)
+    parent.wait()
+    for _ in range(100):
+        try:  # gone, or a zombie (exited; reaped by whoever adopted it)
+            if open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, 9)
+    pytest.fail(f"pool worker {worker} still running 10 s after its parent was killed")
