@@ -180,13 +180,14 @@ SKEWED = [[5, 17, 3], [9, 1, 44, 20, 8, 31, 2, 60, 7], [12, 40, 7, 7, 13], [3, 4
 
 
 def skewed_kw(cfg, params, greedy: bool) -> dict:
-    """Greedy: 3-token stop sequences cut prompts 0-3 at 2, 3, 5 and 8 tokens of their free path (4's
-    and 5's run to max_new). T=1 with top-k, top-p and min-p: 12 of the 128 ids are EOS."""
+    """Greedy: 3-token stop sequences cut prompts 0-4 at 2, 3, 5, 8 and 12 tokens of their free path
+    (5's two samples run to max_new, alone for their last ~12 steps: a tail long enough to shrink in
+    any refill chunking). T=1 with top-k, top-p and min-p: 12 of the 128 ids are EOS."""
     kw = dict(max_new_tokens=24, num_samples=2, seed=3)
     if not greedy:
         return kw | dict(temperature=1.0, top_k=40, top_p=0.9, min_p=0.02, eos_id=list(range(3, 128, 11)))
     free = sampling.generate(cfg, params, SKEWED, max_new_tokens=24)
-    ends = (2, 3, 5, 8)
+    ends = (2, 3, 5, 8, 12)
     return kw | dict(stop=[free.tokens[i, max(0, e - 3):e].tolist() for i, e in enumerate(ends)])
 
 
