@@ -60,6 +60,7 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "is_scope=batch": (["prm.is_scope=batch"], "one partition function for the whole batch (the old default)"),
     "no_importance_weights": (["prm.importance_weights=false"], "uniform weights over each prompt's negatives"),
     "no_pseudo_experts": (["prm.pseudo_experts=false"], "correct rollouts not added to the positives"),
+    "alpha_p=0.03": (["policy.alpha_p=0.03"], "rePIRL with a 3x weaker process reward"),
     "process_adv=token": (["policy.process_adv=token"], "token rewards minus the group baseline (the old default)"),
     "process_adv=position": (["policy.process_adv=position"], "token rewards centred per position within the group"),
     "process_adv=last": (["policy.process_adv=last"], "the PRM's trajectory score on the last token, group-baselined"),
