@@ -16,6 +16,7 @@ per prompt) is read by R consecutive rows each, the R samples of a prompt, befor
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -79,6 +80,13 @@ def abstract_params(cfg: ModelConfig, layout: Layout | None = None) -> dict:
 
 def init_params(cfg: ModelConfig, key: jax.Array, layout: Layout | None = None) -> Params:
     """Random init (normal 0.02, norms at 1, biases at 0), created already sharded."""
+    return _init_fn(cfg, layout)(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(cfg: ModelConfig, layout: Layout | None):
+    """The jitted init of one (config, layout), built once per process: a fresh jit per call
+    recompiled it every time (~5 s on this CPU for a 2-layer model, paid by every test and run)."""
     abstract = abstract_params(cfg, layout)
 
     def init(key):
@@ -96,7 +104,7 @@ def init_params(cfg: ModelConfig, key: jax.Array, layout: Layout | None = None) 
         return jax.tree.unflatten(treedef, out)
 
     shardings = None if layout is None else jax.tree.map(lambda a: a.sharding, abstract)
-    return jax.jit(init, out_shardings=shardings)(key)
+    return jax.jit(init, out_shardings=shardings)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
