@@ -1,8 +1,17 @@
 """Tiny random HF models written with transformers' own save_pretrained: the numerics reference."""
+import os
 import zlib
 
 import numpy as np
 import torch
+
+
+def one_device_xla_flags() -> str:
+    """This session's XLA_FLAGS without the 8 emulated devices: one CPU device per process, as on a
+    real host, with the other flags (conftest's compile setting, a user's own) kept."""
+    return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                    if not f.startswith("--xla_force_host_platform_device_count"))
+
 
 # name -> (transformers config class name, kwargs). Odd widths, GQA, tied and untied
 # embeddings, non-default rope_theta, Qwen3 head_dim != hidden / heads, rope scaling.

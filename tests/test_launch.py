@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.helpers import one_device_xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(ROOT, "launch", "tpu_pod.sh")
 GPU = os.path.join(ROOT, "launch", "gpu.sh")
@@ -208,7 +210,7 @@ print("probe", i, n, jax.process_index(), jax.process_count(), jax.device_count(
 
 def test_two_cpu_processes_join_and_gather(tmp_path):
     env = {**os.environ, "LOGDIR": str(tmp_path), "PYTHONPATH": ROOT,
-           "XLA_FLAGS": ""}  # one CPU device per process, as on a real host
+           "XLA_FLAGS": one_device_xla_flags()}  # one CPU device per process, as on a real host
     p = subprocess.run([LOCAL, "2", "--", sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr

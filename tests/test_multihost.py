@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from tests.helpers import one_device_xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Adam divides by sqrt(v) + eps: with eps 1e-8 a gradient entry near 0 whose last bits differ
 # between a 2-device and a 1-device reduction moves by ~lr; eps 1e-6 and lr 1e-4 keep the
@@ -29,7 +31,7 @@ TRAIN = [sys.executable, "-m", "repirl_jax.cli", "train", "--config", "configs/t
 
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "LOGDIR": str(tmp_path / "logs")}
+    env = {**os.environ, "XLA_FLAGS": one_device_xla_flags(), "JAX_PLATFORMS": "cpu", "LOGDIR": str(tmp_path / "logs")}
     multi = subprocess.run(["launch/local_multiprocess.sh", "2", "--", *TRAIN, "--workdir", str(tmp_path / "mp")],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-3000:]

@@ -3,6 +3,8 @@ import os
 
 import pytest
 
+from tests.helpers import one_device_xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -12,7 +14,7 @@ def test_colab_notebook_runs(tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("REPIRL_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device, as on a CPU runtime
+    monkeypatch.setenv("XLA_FLAGS", one_device_xla_flags())  # one CPU device, as on a CPU runtime
     nb = nbformat.read(os.path.join(ROOT, "notebooks", "colab_demo.ipynb"), as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
