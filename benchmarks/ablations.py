@@ -70,6 +70,17 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "credit=exact_error": (["prm.loss=none", "policy.credit=exact_error"],
                            "RLOO whose failed rollouts' outcome credit stops at the exact first wrong step "
                            "(the ceiling of locating it)"),
+    "credit=exact_step": (["prm.loss=none", "policy.credit=exact_step"],
+                          "RLOO whose failed rollouts' outcome credit sits on the exact first wrong step alone "
+                          "(the ceiling of blaming only the slip)"),
+    "credit=prm_step": (["policy.credit=prm_step"], "rePIRL whose failed rollouts' outcome credit sits on the step "
+                                                    "its PRM scores lowest, alone"),
+    # half the rollouts: every sampled prompt trains, all-fail groups included (RLOO gives them no
+    # signal; a process reward can), against the default that samples 2x and keeps the [0.2, 0.8] band
+    "rloo_half": (["prm.loss=none", "data.oversample=1"], "RLOO on half the rollouts: no oversampling for the accuracy filter"),
+    "half": (["data.oversample=1"], "rePIRL on half the rollouts: no oversampling for the accuracy filter"),
+    "exact_half": (["prm.loss=exact", "prm.score=mean", "data.oversample=1"],
+                   "the exact step labels as process reward on half the rollouts (the ceiling of 'half')"),
 }
 # the demo's size (repirl_jax/demo.py default_config: 200 RL steps, 400 held-out problems); below it
 # the file says "toy"

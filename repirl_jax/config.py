@@ -91,7 +91,7 @@ class OptimConfig:
 PRM_FORMS = ("head", "head_logprob", "implicit", "shared")
 PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "exact", "none", "frozen")
 PROCESS_ADV = ("token", "position", "last")
-CREDITS = ("last", "prm_error", "exact_error")
+CREDITS = ("last", "prm_error", "exact_error", "prm_step", "exact_step")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
 
 
@@ -151,9 +151,10 @@ class PolicyConfig:
     format_penalty: float = 0.0  # subtracted from the outcome of a response with no \\boxed{} (TTT: 1)
     whiten: bool = True  # whiten advantages over the batch's response tokens
     process_adv: str = "token"  # [ours] token | position | last (losses.process_rewards)
-    # [ours] where a failed rollout's outcome advantage sits (losses.error_credit): last (its last token) |
-    # prm_error (the end of the step the PRM scores lowest) | exact_error (the end of the first wrong step
-    # by the exact step labels: the ceiling; chain task only)
+    # [ours] which tokens of a failed rollout carry its outcome advantage (losses.error_credit): last (all
+    # of them) | prm_error (those up to the end of the step the PRM scores lowest) | exact_error (up to the
+    # end of the first wrong step by the exact step labels: the ceiling; chain task only) | prm_step,
+    # exact_step (that step's tokens only: the steps before it were right and get no blame)
     credit: str = "last"
     clip_low: float = 0.2
     clip_high: float = 0.2

@@ -215,12 +215,12 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
     G, K, E, T = d.prompts_per_step, d.samples, d.experts, d.max_new_tokens
 
     step_cfg = ts.StepConfig(pc, qc, cfg.prm, cfg.policy, temperature=d.temperature if d.temperature > 0 else 1.0)
-    labelled = cfg.prm.loss in ("oracle", "exact") or cfg.policy.credit == "exact_error"  # exact step labels
+    labelled = cfg.prm.loss in ("oracle", "exact") or cfg.policy.credit.startswith("exact_")  # exact step labels
     if labelled and d.task != "chain":
-        field = f"prm.loss={cfg.prm.loss}" if cfg.prm.loss in ("oracle", "exact") else "policy.credit=exact_error"
+        field = f"prm.loss={cfg.prm.loss}" if cfg.prm.loss in ("oracle", "exact") else f"policy.credit={cfg.policy.credit}"
         raise ConfigError(f"{field} uses exact step labels, which only data.task=chain has (got data.task={d.task!r})")
-    if cfg.policy.credit == "prm_error" and cfg.prm.loss in ("none", "exact"):
-        raise ConfigError(f"policy.credit=prm_error locates errors with the PRM's rewards; prm.loss={cfg.prm.loss} "
+    if cfg.policy.credit.startswith("prm_") and cfg.prm.loss in ("none", "exact"):
+        raise ConfigError(f"policy.credit={cfg.policy.credit} locates errors with the PRM's rewards; prm.loss={cfg.prm.loss} "
                           "has no PRM")
     # several processes: one global mesh (their params and batches are global arrays)
     sharded = nproc > 1 or (jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1))
@@ -297,7 +297,7 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                 format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
                 expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T),
                 step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if labelled else None,
-                step_GKT=steps.token_steps(tok, roll).astype(np.int32) if cfg.policy.credit == "prm_error" else None)
+                step_GKT=steps.token_steps(tok, roll).astype(np.int32) if cfg.policy.credit.startswith("prm_") else None)
             if layout is not None:  # global arrays: each process's devices receive only their rows
                 batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch,
                                      is_leaf=lambda v: isinstance(v, tuple))

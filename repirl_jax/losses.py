@@ -160,34 +160,38 @@ def advantages(outcome_GK, process_GKT, mask_GKT, alpha_o, alpha_p, whiten=False
                process_adv="token", score="mean", credit_GKT=None):
     """Token advantages [G, K, T] (ALGORITHM.md section 4):
 
-        A_o(i)  = r_o(i) - b(r_o)                      placed on the last real token of rollout i
-                                                       (or on `credit_GKT`'s token: error_credit)
+        A_o(i)  = r_o(i) - b(r_o)                      on every response token of rollout i (the
+                                                       return-to-go of an outcome on its last token),
+                                                       or on `credit_GKT`'s tokens (error_credit)
         p_t(i)  = process_rewards(r_phi, mode=process_adv)   (r_t(i) - b(m) for `token`)
-        c_t     = alpha_o * A_o(i) [t = last] + alpha_p * p_t(i)
-        G_t     = sum_{s >= t} c_s                      (gamma = 1), 0 where mask is false
-    then whitened over all masked tokens of the batch when `whiten`. b is the estimator's baseline.
+        G_t     = alpha_o * A_o(i) [t in credit(i)] + sum_{s >= t} alpha_p * p_s(i)    (gamma = 1)
+    0 where mask is false, then whitened over all masked tokens of the batch when `whiten`. b is the
+    estimator's baseline.
     """
     mask = mask_GKT.astype(bool)
-    at = _last_token(mask) if credit_GKT is None else credit_GKT
-    c = alpha_o * _baselined(outcome_GK, estimator)[..., None] * at
-    c = c + alpha_p * process_rewards(process_GKT, mask, estimator, process_adv, score)
-    ret = reward_to_go(c, mask)
+    span = mask if credit_GKT is None else credit_GKT & mask
+    ret = reward_to_go(alpha_p * process_rewards(process_GKT, mask, estimator, process_adv, score), mask)
+    ret = ret + jnp.where(span, alpha_o * _baselined(outcome_GK, estimator)[..., None], 0.0)
     return masked_whiten(ret, mask) if whiten else ret
 
 
-def error_credit(error_GKT, outcome_GK, mask_GKT):
-    """[G, K, T] one-hot: where a rollout's outcome advantage goes (policy.credit). A failed rollout
-    whose error step is located (error_GKT: that step's tokens) gets it on the step's last token, so
-    the return-to-go credits the tokens up to the error and none after; every other rollout, on its
-    last token. When the answer is settled by the first wrong step (the chain task: every step a
+def error_credit(error_GKT, outcome_GK, mask_GKT, only_step=False):
+    """[G, K, T] bool: the tokens that carry a rollout's outcome advantage (policy.credit). A failed
+    rollout whose error step is located (error_GKT: that step's tokens): the tokens up to the end of
+    that step and none after, or with `only_step` that step's tokens alone; every other rollout: all
+    its tokens. When the answer is settled by the first wrong step (the chain task: every step a
     bijection, `lucky_rate` ~0.1%), later tokens cannot change the outcome, their policy-gradient
-    term has mean zero, and dropping it removes variance without bias."""
+    term has mean zero, and dropping it removes variance without bias. `only_step` also drops the
+    blame of the right steps before it: their choice was the right one, so a negative advantage there
+    is variance too, but removing it is not unbiased (a right step's own advantage is positive, not
+    zero): the ceiling asks whether blaming only the slip helps RL."""
     mask = mask_GKT.astype(bool)
     err = error_GKT & mask
     T = mask.shape[-1]
     last_err = T - 1 - jnp.argmax(jnp.flip(err, -1), -1)
     located = jnp.any(err, -1) & (outcome_GK < 0.5)
-    return jnp.where(located[..., None], jnp.arange(T) == last_err[..., None], _last_token(mask)) & mask
+    span = err if only_step else jnp.arange(T) <= last_err[..., None]
+    return jnp.where(located[..., None], span, mask) & mask
 
 
 def lowest_step(r_GKT, step_GKT, mask_GKT):

@@ -40,8 +40,8 @@ class Batch:
     format_GK: jax.Array  # float32 format reward added to the outcome source (0 when unused)
     expert_GET: jax.Array  # int32 expert responses
     expert_mask_GET: jax.Array  # bool; an all-false row is a missing expert
-    step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token, 1 / 0 / -1 (steps.labels; prm.loss=oracle | exact, policy.credit=exact_error)
-    step_GKT: jax.Array | None = None  # int32 each response token's step index (steps.token_steps; policy.credit=prm_error)
+    step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token, 1 / 0 / -1 (steps.labels; prm.loss=oracle | exact, policy.credit=exact_*)
+    step_GKT: jax.Array | None = None  # int32 each response token's step index (steps.token_steps; policy.credit=prm_*)
 
     def axes(self) -> "Batch":
         """Logical axes of every field (the leading G dimension is the sharded batch)."""
@@ -336,11 +336,11 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         alpha_p = qc.alpha_p if pc.loss != "none" else 0.0
         credit = None
         if qc.credit != "last":  # the outcome advantage of a failed rollout stops at its (located) error step
-            err = (batch.step_ok_GKT == 0 if qc.credit == "exact_error"
+            err = (batch.step_ok_GKT == 0 if qc.credit.startswith("exact_")
                    else losses.lowest_step(r_GKT, batch.step_GKT, mask))
-            credit = losses.error_credit(err, batch.outcome_GK, mask)
-            after = mask & (jnp.cumsum(credit, -1) - credit > 0)  # tokens past the credited one
-            metrics["credit_dropped_frac"] = jnp.sum(after) / jnp.maximum(jnp.sum(mask), 1)
+            credit = losses.error_credit(err, batch.outcome_GK, mask, only_step=qc.credit.endswith("_step"))
+            # response tokens that carry no outcome advantage
+            metrics["credit_dropped_frac"] = jnp.sum(mask & ~credit) / jnp.maximum(jnp.sum(mask), 1)
         adv = losses.advantages(outcome, r_GKT, mask, 1.0, alpha_p, qc.whiten, qc.estimator, qc.process_adv, pc.score,
                                 credit)
         if pc.loss != "none":  # how much of the process advantage only rewards positions (same for all samples)

@@ -305,9 +305,9 @@ def test_a_shared_pattern_moves_only_the_token_mode():
 
 
 def test_error_credit_and_lowest_step_match_reference():
-    """A failed rollout's outcome credit moves to the last token of its located error step (the
-    return-to-go then reaches the tokens up to it and none after); correct rollouts, failed ones
-    with no located step and the lowest-mean-reward step guess are checked against loops."""
+    """A failed rollout's outcome credit covers the tokens up to the end of its located error step
+    and none after (only_step: that step's tokens alone); correct rollouts, failed ones with no
+    located step and the lowest-mean-reward step guess are checked against loops."""
     G, K, T = 3, 4, 9
     lens = rng.randint(1, T + 1, (G, K))
     mask = np.arange(T) < lens[..., None]
@@ -316,7 +316,8 @@ def test_error_credit_and_lowest_step_match_reference():
     outcome = (rng.rand(G, K) < 0.4).astype(np.float32)
     low = np.asarray(losses.lowest_step(jnp.asarray(r), jnp.asarray(step), jnp.asarray(mask)))
     err = rng.rand(G, K, T) < 0.3
-    credit = np.asarray(losses.error_credit(jnp.asarray(err), jnp.asarray(outcome), jnp.asarray(mask)))
+    credit, only = (np.asarray(losses.error_credit(jnp.asarray(err), jnp.asarray(outcome), jnp.asarray(mask), s))
+                    for s in (False, True))
     for g in range(G):
         for k in range(K):
             L = lens[g, k]
@@ -324,10 +325,12 @@ def test_error_credit_and_lowest_step_match_reference():
             worst = min(means, key=means.get)
             np.testing.assert_array_equal(low[g, k], (step[g, k] == worst) & mask[g, k])
             e = np.flatnonzero(err[g, k, :L])
-            at = e[-1] if outcome[g, k] == 0 and len(e) else L - 1
-            np.testing.assert_array_equal(credit[g, k], np.arange(T) == at)
-    adv = np.asarray(losses.advantages(outcome, np.zeros((G, K, T)), mask, 1.0, 0.0, False, "rloo",
-                                       credit_GKT=jnp.asarray(credit)))
+            located = outcome[g, k] == 0 and len(e)
+            at = e[-1] if located else L - 1
+            np.testing.assert_array_equal(credit[g, k], (np.arange(T) <= at) & mask[g, k])
+            np.testing.assert_array_equal(only[g, k], err[g, k] & mask[g, k] if located else mask[g, k])
     a_o = np.asarray(losses.advantages(outcome, np.zeros((G, K, T)), mask, 1.0, 0.0, False, "rloo"))[..., 0]
-    at = np.argmax(credit, -1)
-    np.testing.assert_allclose(adv, np.where(np.arange(T) <= at[..., None], a_o[..., None], 0.0) * mask, atol=1e-6)
+    for span in (credit, only):
+        adv = np.asarray(losses.advantages(outcome, np.zeros((G, K, T)), mask, 1.0, 0.0, False, "rloo",
+                                           credit_GKT=jnp.asarray(span)))
+        np.testing.assert_allclose(adv, np.where(span, a_o[..., None], 0.0), atol=1e-6)

@@ -280,11 +280,13 @@ def test_exact_loss_rewards_the_correct_path_and_trains_no_prm():
     assert float(m["process_adv_sample_rms"]) == pytest.approx(2 / 3, rel=1e-5)
 
 
-@pytest.mark.parametrize("credit,loss,dropped", [("exact_error", "exact", 3), ("prm_error", "frozen", 4)])
+@pytest.mark.parametrize("credit,loss,dropped", [("exact_error", "exact", 3), ("prm_error", "frozen", 4),
+                                                  ("exact_step", "exact", 5)])
 def test_error_credit_stops_a_failed_rollouts_outcome_credit_at_its_error_step(credit, loss, dropped):
-    """policy.credit: the failed rollout's outcome advantage sits on its error step's last token,
-    by the exact labels (first wrong step: token 2) or by the PRM (lowest mean reward: a zero head
-    ties, so step 0, tokens 0-1); the tokens after it get no outcome credit, counted per step."""
+    """policy.credit: the failed rollout's outcome advantage reaches the end of its error step, by
+    the exact labels (first wrong step: token 2) or by the PRM (lowest mean reward: a zero head
+    ties, so step 0, tokens 0-1); the tokens after it get no outcome credit (exact_step: nor the
+    right tokens before it), counted per step."""
     rng = np.random.RandomState(5)
     b = synthetic_batch(rng, G=2, K=2, E=2, T=6)
     b.rollout_mask_GKT = np.ones_like(b.rollout_mask_GKT)
