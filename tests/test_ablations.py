@@ -45,6 +45,8 @@ def test_unknown_variant_or_no_baseline_is_refused(capsys):
     assert "['magic'] unknown" in capsys.readouterr().err
     assert ablations.main(["--variants", "repirl"]) == 2
     assert "rloo (the baseline) missing" in capsys.readouterr().err
+    assert ablations.main(["--variants", "rloo,half", "--base", "rloo_half"]) == 2
+    assert "--base rloo_half is not among --variants rloo,half" in capsys.readouterr().err
 
 
 @pytest.mark.slow
