@@ -97,6 +97,25 @@ def configure(args):
     return apply_overrides(c, [f"rl.train.steps={args.steps}"])
 
 
+# the sizes a --set may not lower in a full-size sweep; a --set that changes the testbed instead
+# (warmup.slip_rate, the PRM lr) still gives a result
+SIZES = ("warmup.steps", "warmup.n_train", "rl.data.n_train", "rl.data.n_test", "rl.data.prompts_per_step",
+         "rl.data.samples", "eval_samples")
+
+
+def smaller_than_demo(c) -> list[str]:
+    """The size fields of c below the demo's defaults, as 'field=value (demo: default)'."""
+    from repirl_jax import demo
+
+    def get(obj, path):
+        for k in path.split("."):
+            obj = getattr(obj, k)
+        return obj
+
+    d = demo.default_config()
+    return [f"{k}={get(c, k)} (demo: {get(d, k)})" for k in SIZES if get(c, k) < get(d, k)]
+
+
 def run_dir(root: str, variant: str, seed: int) -> str:
     return os.path.join(root, variant, f"seed{seed}")
 
@@ -227,12 +246,14 @@ def write_results(args, c, rows, curves, n_test: int, root: str, missing=()) -> 
     from repirl_jax import prm_quality
 
     toy = (args.steps < FULL["steps"] or args.seeds < FULL["seeds"] or n_test < FULL["n_test"]
-           or args.bon_samples < FULL["bon"] or bool(args.set))
+           or args.bon_samples < FULL["bon"] or bool(smaller_than_demo(c)))
     left = [v for v in VARIANTS if v not in args.variants.split(",")]
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     banner = ("> **TOY RUN, NOT A RESULT.** Generated below the demo's full size "
               f"(full: --steps {FULL['steps']} --seeds {FULL['seeds']}, {FULL['n_test']} held-out problems, "
-              f"{FULL['bon']} best-of-n samples, no --set). It shows that the sweep runs; "
+              f"{FULL['bon']} best-of-n samples, no --set below the demo's sizes"
+              + (f"; here {', '.join(smaller_than_demo(c))}" if smaller_than_demo(c) else "")
+              + "). It shows that the sweep runs; "
               "its numbers say nothing about the methods.\n\n" if toy else "")
     if left:  # a subset at full size is a result for the variants it ran, and says which it lacks
         banner += (f"> **{len(VARIANTS) - len(left)} of {len(VARIANTS)} variants** (not run: {', '.join(left)}).\n\n")

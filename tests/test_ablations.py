@@ -40,6 +40,20 @@ def test_summary_rows():
     assert "PRM step AUROC" not in rows[0] and "hash ranking" not in rows[0]
 
 
+def test_only_smaller_sizes_make_a_toy_run():
+    """A --set that changes the testbed (slip rate, PRM lr) is a result; one that lowers a size is a toy."""
+    testbed = ablations.configure(ablations_args(["warmup.slip_rate=0.4", "rl.prm.optim.lr=1e-4"]))
+    assert ablations.smaller_than_demo(testbed) == []
+    small = ablations.configure(ablations_args(["rl.data.n_test=6", "warmup.steps=2000"]))
+    assert ablations.smaller_than_demo(small) == ["rl.data.n_test=6 (demo: 400)"]
+
+
+def ablations_args(sets):
+    import argparse
+
+    return argparse.Namespace(set=sets, steps=200)
+
+
 def test_unknown_variant_or_no_baseline_is_refused(capsys):
     assert ablations.main(["--variants", "rloo,magic"]) == 2
     assert "['magic'] unknown" in capsys.readouterr().err
