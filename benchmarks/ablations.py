@@ -43,17 +43,20 @@ import time
 import numpy as np
 
 VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
-    "rloo": (["prm.loss=none"], "plain outcome RLOO, no PRM"),
+    # RLOO and the exact-label variants have no PRM to locate errors with: their credit is "last"
+    "rloo": (["prm.loss=none", "policy.credit=last"], "plain outcome RLOO, no PRM"),
     "repirl": ([], "rePIRL: head_logprob PRM started at the trunk's log-likelihood, per-prompt IS weights, "
-                   "pseudo-experts, the demo's alpha_p and process advantage"),
+                   "pseudo-experts, the demo's alpha_p, process advantage and PRM-located outcome credit"),
+    "credit=last": (["policy.credit=last"], "rePIRL with a failed rollout's outcome credit on every token"),
     "head_zero_init": (["prm.form=head", "prm.score=mean", "prm.optim.lr=1e-3", "prm.head_scale=10"],
                        "the paper's head: zero-initialised, mean score (the previous demo's PRM)"),
     "logprob_init=0": (["prm.logprob_init=0"], "head_logprob with c starting at 0 (R starts at 0, IS weights on 1/pi)"),
-    "prm_lr=1e-4": (["prm.optim.lr=1e-4"], "a 10x faster PRM"),
+    "prm_lr=1e-4": (["prm.optim.lr=1e-4"], "PRM lr 1e-4 (the demo's since it moved to noisy demonstrations)"),
+    "prm_lr=1e-5": (["prm.optim.lr=1e-5"], "a 10x slower PRM (the clean-demonstration demo's)"),
     "frozen_trunk": (["prm.trunk_lr_scale=0", "prm.optim.lr=1e-3"], "only the head (w, b, c) trains: a probe"),
     "score=mean": (["prm.score=mean"], "mean token reward as the energy"),
     "oracle": (["prm.loss=oracle"], "the ceiling: a head PRM trained on the exact step labels (per-token BCE) as process reward"),
-    "exact": (["prm.loss=exact", "prm.score=mean"], "the RL ceiling of a perfect PRM: the exact step labels as process "
+    "exact": (["prm.loss=exact", "prm.score=mean", "policy.credit=last"], "the RL ceiling of a perfect PRM: the exact step labels as process "
                                                      "reward (the fraction of the response on the correct path), no PRM trained"),
     "orm": (["prm.loss=orm"], "outcome-supervised PRM: BCE of the mean score on the verifier's outcome"),
     "prime": (["prm.form=implicit", "prm.loss=prime"], "PRIME: implicit PRM, cross-entropy on outcomes"),
@@ -76,11 +79,16 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
                           "(the ceiling of blaming only the slip)"),
     "credit=prm_step": (["policy.credit=prm_step"], "rePIRL whose failed rollouts' outcome credit sits on the step "
                                                     "its PRM scores lowest, alone"),
+    # the PRM only as a locator (no process reward): the PRM analogues of credit=exact_error / exact_step
+    "prm_error_only": (["policy.credit=prm_error", "policy.alpha_p=0"],
+                       "rePIRL's PRM locating the failing step for the outcome credit (stops there), no process reward"),
+    "prm_step_only": (["policy.credit=prm_step", "policy.alpha_p=0"],
+                      "rePIRL's PRM locating the failing step for the outcome credit (on it alone), no process reward"),
     # half the rollouts: every sampled prompt trains, all-fail groups included (RLOO gives them no
     # signal; a process reward can), against the default that samples 2x and keeps the [0.2, 0.8] band
-    "rloo_half": (["prm.loss=none", "data.oversample=1"], "RLOO on half the rollouts: no oversampling for the accuracy filter"),
+    "rloo_half": (["prm.loss=none", "policy.credit=last", "data.oversample=1"], "RLOO on half the rollouts: no oversampling for the accuracy filter"),
     "half": (["data.oversample=1"], "rePIRL on half the rollouts: no oversampling for the accuracy filter"),
-    "exact_half": (["prm.loss=exact", "prm.score=mean", "data.oversample=1"],
+    "exact_half": (["prm.loss=exact", "prm.score=mean", "policy.credit=last", "data.oversample=1"],
                    "the exact step labels as process reward on half the rollouts (the ceiling of 'half')"),
 }
 # the demo's size (repirl_jax/demo.py default_config: 200 RL steps, 400 held-out problems); below it

@@ -221,7 +221,7 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
         raise ConfigError(f"{field} uses exact step labels, which only data.task=chain has (got data.task={d.task!r})")
     if cfg.policy.credit.startswith("prm_") and cfg.prm.loss in ("none", "exact"):
         raise ConfigError(f"policy.credit={cfg.policy.credit} locates errors with the PRM's rewards; prm.loss={cfg.prm.loss} "
-                          "has no PRM")
+                          "has no PRM (set policy.credit=last, or exact_error / exact_step on the chain task)")
     # several processes: one global mesh (their params and batches are global arrays)
     sharded = nproc > 1 or (jax.device_count() > 1 and cfg.mesh.shape != (-1, 1, 1))
     layout = Layout.from_config(cfg.mesh) if sharded else None
