@@ -46,8 +46,8 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     # RLOO and the exact-label variants have no PRM to locate errors with: their credit is "last"
     "rloo": (["prm.loss=none", "policy.credit=last"], "plain outcome RLOO, no PRM"),
     "repirl": ([], "rePIRL: head_logprob PRM started at the trunk's log-likelihood, per-prompt IS weights, "
-                   "pseudo-experts, the demo's alpha_p, process advantage and PRM-located outcome credit"),
-    "credit=last": (["policy.credit=last"], "rePIRL with a failed rollout's outcome credit on every token"),
+                   "pseudo-experts; the policy's outcome credit on the failing step its PRM locates, no process "
+                   "reward (the demo's)"),
     "head_zero_init": (["prm.form=head", "prm.score=mean", "prm.optim.lr=1e-3", "prm.head_scale=10"],
                        "the paper's head: zero-initialised, mean score (the previous demo's PRM)"),
     "logprob_init=0": (["prm.logprob_init=0"], "head_logprob with c starting at 0 (R starts at 0, IS weights on 1/pi)"),
@@ -69,6 +69,8 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "process_adv=position": (["policy.process_adv=position"], "token rewards centred per position within the group"),
     "process_adv=last": (["policy.process_adv=last"], "the PRM's trajectory score on the last token, group-baselined"),
     "form_shared": (["prm.form=shared"], "rePIRL with the head on the policy's trunk"),
+    "credit=last": (["policy.credit=last"], "the demo's rePIRL with the outcome credit on every token (at its "
+                                            "alpha_p 0: RLOO beside a PRM it does not use)"),
     "credit=prm_error": (["policy.credit=prm_error"], "rePIRL whose PRM also locates a failed rollout's failing step "
                                                       "(its lowest-scored): the outcome credit stops there"),
     "credit=exact_error": (["prm.loss=none", "policy.credit=exact_error"],
@@ -79,6 +81,9 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
                           "(the ceiling of blaming only the slip)"),
     "credit=prm_step": (["policy.credit=prm_step"], "rePIRL whose failed rollouts' outcome credit sits on the step "
                                                     "its PRM scores lowest, alone"),
+    "credit=logprob_step": (["prm.loss=none", "policy.credit=logprob_step"],
+                            "the null of PRM-located credit: RLOO whose failed rollouts' outcome credit sits on the "
+                            "step of lowest mean sampler log-prob, alone (no PRM)"),
     # the PRM only as a locator (no process reward): the PRM analogues of credit=exact_error / exact_step
     "prm_error_only": (["policy.credit=prm_error", "policy.alpha_p=0"],
                        "rePIRL's PRM locating the failing step for the outcome credit (stops there), no process reward"),
@@ -205,7 +210,8 @@ def summarize(c, results: dict, walls: dict, base: str = "rloo") -> list[dict]:
         x = np.array([r["greedy"] for r in runs])
         what = " ".join(VARIANTS[name][0]) if name in VARIANTS else "(warm-up only)"
         if name == "repirl":
-            what = f"(demo default: prm.form={c.rl.prm.form}, policy.alpha_p={c.rl.policy.alpha_p})"
+            what = (f"(demo default: prm.form={c.rl.prm.form}, policy.alpha_p={c.rl.policy.alpha_p}, "
+                    f"policy.credit={c.rl.policy.credit})")
         row = {"method": name, "overrides": what,
                "seeds": len(runs),
                "held-out pass@1 (greedy) [95% CI]": ev.format_ci(*compare.seeds_problems_bootstrap(x))}

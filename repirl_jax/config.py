@@ -91,7 +91,7 @@ class OptimConfig:
 PRM_FORMS = ("head", "head_logprob", "implicit", "shared")
 PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "exact", "none", "frozen")
 PROCESS_ADV = ("token", "position", "last")
-CREDITS = ("last", "prm_error", "exact_error", "prm_step", "exact_step")
+CREDITS = ("last", "prm_error", "exact_error", "prm_step", "exact_step", "logprob_step")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
 
 
@@ -154,7 +154,8 @@ class PolicyConfig:
     # [ours] which tokens of a failed rollout carry its outcome advantage (losses.error_credit): last (all
     # of them) | prm_error (those up to the end of the step the PRM scores lowest) | exact_error (up to the
     # end of the first wrong step by the exact step labels: the ceiling; chain task only) | prm_step,
-    # exact_step (that step's tokens only: the steps before it were right and get no blame)
+    # exact_step (that step's tokens only: the steps before it were right and get no blame) | logprob_step
+    # (the step with the lowest mean sampler log-prob, alone: the null that locates without a PRM)
     credit: str = "last"
     clip_low: float = 0.2
     clip_high: float = 0.2

@@ -297,7 +297,8 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                 format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
                 expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T),
                 step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if labelled else None,
-                step_GKT=steps.token_steps(tok, roll).astype(np.int32) if cfg.policy.credit.startswith("prm_") else None)
+                step_GKT=(steps.token_steps(tok, roll).astype(np.int32)
+                          if cfg.policy.credit.startswith(("prm_", "logprob_")) else None))
             if layout is not None:  # global arrays: each process's devices receive only their rows
                 batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch,
                                      is_leaf=lambda v: isinstance(v, tuple))

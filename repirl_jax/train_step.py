@@ -41,7 +41,7 @@ class Batch:
     expert_GET: jax.Array  # int32 expert responses
     expert_mask_GET: jax.Array  # bool; an all-false row is a missing expert
     step_ok_GKT: jax.Array | None = None  # float32 exact step labels per token, 1 / 0 / -1 (steps.labels; prm.loss=oracle | exact, policy.credit=exact_*)
-    step_GKT: jax.Array | None = None  # int32 each response token's step index (steps.token_steps; policy.credit=prm_*)
+    step_GKT: jax.Array | None = None  # int32 each response token's step index (steps.token_steps; policy.credit=prm_* | logprob_step)
 
     def axes(self) -> "Batch":
         """Logical axes of every field (the leading G dimension is the sharded batch)."""
@@ -336,8 +336,11 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         alpha_p = qc.alpha_p if pc.loss != "none" else 0.0
         credit = None
         if qc.credit != "last":  # the outcome advantage of a failed rollout stops at its (located) error step
-            err = (batch.step_ok_GKT == 0 if qc.credit.startswith("exact_")
-                   else losses.lowest_step(r_GKT, batch.step_GKT, mask))
+            if qc.credit.startswith("exact_"):
+                err = batch.step_ok_GKT == 0
+            else:  # the located step: lowest mean PRM reward, or (the null) lowest mean sampler log-prob
+                err = losses.lowest_step(batch.sampler_logp_GKT if qc.credit == "logprob_step" else r_GKT,
+                                         batch.step_GKT, mask)
             credit = losses.error_credit(err, batch.outcome_GK, mask, only_step=qc.credit.endswith("_step"))
             # response tokens that carry no outcome advantage
             metrics["credit_dropped_frac"] = jnp.sum(mask & ~credit) / jnp.maximum(jnp.sum(mask), 1)

@@ -73,7 +73,7 @@ def test_toy_sweep_runs_resumes_and_says_toy(tmp_path):
     assert text.startswith("# Ablations") and "TOY RUN, NOT A RESULT" in text
     assert "python -m benchmarks.ablations --steps 1 --seeds 1" in text
     assert f"**2 of {len(ablations.VARIANTS)} variants** (not run: head_zero_init," in text  # a subset says so
-    for needle in ("| rloo | prm.loss=none | 1 |", "| repirl | (demo default", "| repirl | PRM best-of-n |",
+    for needle in ("| rloo | prm.loss=none policy.credit=last | 1 |", "| repirl | (demo default", "| repirl | PRM best-of-n |",
                    "| repirl | majority vote |", "| repirl | prm | PRM, mean token reward |", "| repirl | hash |",
                    "PRM step AUROC", "| PRM best-of-2 | maj@2 |"):
         assert needle in text, text

@@ -281,18 +281,20 @@ def test_exact_loss_rewards_the_correct_path_and_trains_no_prm():
 
 
 @pytest.mark.parametrize("credit,loss,dropped", [("exact_error", "exact", 3), ("prm_error", "frozen", 4),
-                                                  ("exact_step", "exact", 5)])
+                                                  ("exact_step", "exact", 5), ("logprob_step", "none", 4)])
 def test_error_credit_stops_a_failed_rollouts_outcome_credit_at_its_error_step(credit, loss, dropped):
     """policy.credit: the failed rollout's outcome advantage reaches the end of its error step, by
     the exact labels (first wrong step: token 2) or by the PRM (lowest mean reward: a zero head
     ties, so step 0, tokens 0-1); the tokens after it get no outcome credit (exact_step: nor the
-    right tokens before it), counted per step."""
+    right tokens before it), counted per step; logprob_step (the null, no PRM): the step of lowest mean
+    sampler log-prob alone (step 1, tokens 2-3)."""
     rng = np.random.RandomState(5)
     b = synthetic_batch(rng, G=2, K=2, E=2, T=6)
     b.rollout_mask_GKT = np.ones_like(b.rollout_mask_GKT)
     b.outcome_GK = np.array([[0.0, 1.0]] * 2, np.float32)
     b.step_ok_GKT = np.array([[[1, 1, 0, -1, -1, -1], [1, 1, 1, 1, 1, 1]]] * 2, np.float32)
     b.step_GKT = np.broadcast_to(np.array([0, 0, 1, 1, 2, 2], np.int32), (2, 2, 6)).copy()
+    b.sampler_logp_GKT = np.where(b.step_GKT == 1, -3.0, -1.0).astype(np.float32)
     cfg = ts.StepConfig(CFG, CFG, PRMConfig(form="head", loss=loss),
                         PolicyConfig(alpha_p=0.0, credit=credit, whiten=False))
     state = ts.init_state(cfg, fresh_params(0), fresh_params(1))
