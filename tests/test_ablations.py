@@ -112,3 +112,31 @@ def test_sweep_workers_exit_when_the_sweep_is_killed(tmp_path):
         time.sleep(0.1)
     os.kill(worker, 9)
     pytest.fail(f"pool worker {worker} still running 10 s after its parent was killed")
+
+
+def test_fresh_split_scores_finished_runs_on_problems_outside_both_splits(tmp_path, capsys):
+    """benchmarks.fresh_split: another data.seed's problems, none in the training split, greedy of
+    each variant's seed runs with a CI and the paired difference to the base."""
+    import dataclasses
+    import json
+    import shutil
+
+    from benchmarks import fresh_split
+    from repirl_jax import loop
+    from repirl_jax.config import apply_overrides
+
+    c = apply_overrides(demo.default_config(), ["warmup.steps=2", "warmup.n_train=32", "warmup.batch=4",
+                                                "warmup.width=16", "rl.data.n_train=40", "rl.data.n_test=5"])
+    root = tmp_path / "sweep"
+    start = demo.warmup(c, str(root))
+    (root / "config.json").write_text(json.dumps(dataclasses.asdict(c)))
+    for v in ("rloo", "repirl"):
+        shutil.copytree(start, root / v / "seed0" / "final" / "policy")
+    assert fresh_split.main([str(root), "rloo,repirl", "--seeds", "1", "--data-seed", "7"]) == 0
+    out = capsys.readouterr().out
+    train, test = loop.load_problems(c.rl)
+    _, fresh = loop.load_problems(apply_overrides(c.rl, ["data.seed=7"]))
+    kept = [q for q in fresh if q.prompt not in {p.prompt for p in train}]
+    assert {q.prompt for q in fresh} != {q.prompt for q in test}  # another draw than the sweep's held-out split
+    assert f"fresh split: data.seed=7, {len(kept)} problems not in the training split" in out
+    assert "rloo: " in out and "repirl: " in out and "- rloo: 0.000 [0.00, 0.00], p 1.000" in out  # same policy
