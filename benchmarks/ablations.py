@@ -120,11 +120,7 @@ def smaller_than_demo(c) -> list[str]:
     """The size fields of c below the demo's defaults, as 'field=value (demo: default)'."""
     from repirl_jax import demo
 
-    def get(obj, path):
-        for k in path.split("."):
-            obj = getattr(obj, k)
-        return obj
-
+    get = lambda cfg, path: functools.reduce(getattr, path.split("."), cfg)
     d = demo.default_config()
     return [f"{k}={get(c, k)} (demo: {get(d, k)})" for k in SIZES if get(c, k) < get(d, k)]
 
@@ -259,14 +255,15 @@ def write_results(args, c, rows, curves, n_test: int, root: str, missing=()) -> 
     from repirl_jax import evaluate as ev
     from repirl_jax import prm_quality
 
+    smaller = smaller_than_demo(c)
     toy = (args.steps < FULL["steps"] or args.seeds < FULL["seeds"] or n_test < FULL["n_test"]
-           or args.bon_samples < FULL["bon"] or bool(smaller_than_demo(c)))
+           or args.bon_samples < FULL["bon"] or bool(smaller))
     left = [v for v in VARIANTS if v not in args.variants.split(",")]
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     banner = ("> **TOY RUN, NOT A RESULT.** Generated below the demo's full size "
               f"(full: --steps {FULL['steps']} --seeds {FULL['seeds']}, {FULL['n_test']} held-out problems, "
               f"{FULL['bon']} best-of-n samples, no --set below the demo's sizes"
-              + (f"; here {', '.join(smaller_than_demo(c))}" if smaller_than_demo(c) else "")
+              + (f"; here {', '.join(smaller)}" if smaller else "")
               + "). It shows that the sweep runs; "
               "its numbers say nothing about the methods.\n\n" if toy else "")
     if left:  # a subset at full size is a result for the variants it ran, and says which it lacks
