@@ -87,6 +87,11 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "credit=logprob_step": (["prm.loss=none", "policy.credit=logprob_step"],
                             "the null of PRM-located credit: RLOO whose failed rollouts' outcome credit sits on the "
                             "step of lowest mean sampler log-prob, alone (no PRM)"),
+    "credit=prm_first": (["policy.credit=prm_first"],
+                         "rePIRL whose failed rollouts' outcome credit sits on the first step its PRM scores below "
+                         "the rollout's mean step score, alone (the onset of the drop, not the lowest step)"),
+    "credit=logprob_first": (["prm.loss=none", "policy.credit=logprob_first"],
+                             "the null of credit=prm_first: the same rule on the sampler's log-probs (no PRM)"),
     # the PRM only as a locator (no process reward): the PRM analogues of credit=exact_error / exact_step
     "prm_error_only": (["policy.credit=prm_error", "policy.alpha_p=0"],
                        "rePIRL's PRM locating the failing step for the outcome credit (stops there), no process reward"),

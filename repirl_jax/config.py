@@ -91,7 +91,7 @@ class OptimConfig:
 PRM_FORMS = ("head", "head_logprob", "implicit", "shared")
 PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "exact", "none", "frozen")
 PROCESS_ADV = ("token", "position", "last")
-CREDITS = ("last", "prm_error", "exact_error", "prm_step", "exact_step", "logprob_step")
+CREDITS = ("last", "prm_error", "exact_error", "prm_step", "exact_step", "logprob_step", "prm_first", "logprob_first")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
 
 
@@ -155,7 +155,9 @@ class PolicyConfig:
     # of them) | prm_error (those up to the end of the step the PRM scores lowest) | exact_error (up to the
     # end of the first wrong step by the exact step labels: the ceiling; chain task only) | prm_step,
     # exact_step (that step's tokens only: the steps before it were right and get no blame) | logprob_step
-    # (the step with the lowest mean sampler log-prob, alone: the null that locates without a PRM)
+    # (the step with the lowest mean sampler log-prob, alone: the null that locates without a PRM) |
+    # prm_first, logprob_first (the first step scored below the rollout's mean step score, alone:
+    # losses.first_low_step, by the PRM's rewards or, the null, the sampler log-probs)
     credit: str = "last"
     clip_low: float = 0.2
     clip_high: float = 0.2

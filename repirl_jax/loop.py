@@ -296,9 +296,11 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                 outcome_GK=np.stack([ok[rows(g)] for g in chosen]),
                 format_GK=np.stack([boxless[rows(g)] for g in chosen]) * -cfg.policy.format_penalty,
                 expert_GET=etoks.reshape(G, E, T), expert_mask_GET=emask.reshape(G, E, T),
-                step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if labelled else None,
+                # exact step labels and step indices: what the labelled losses and credits use, and on the
+                # chain task always, for the in-loop locate metrics (prm_locate_acc, logprob_locate_acc)
+                step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if labelled or d.task == "chain" else None,
                 step_GKT=(steps.token_steps(tok, roll).astype(np.int32)
-                          if cfg.policy.credit.startswith(("prm_", "logprob_")) else None))
+                          if cfg.policy.credit.startswith(("prm_", "logprob_")) or d.task == "chain" else None))
             if layout is not None:  # global arrays: each process's devices receive only their rows
                 batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch,
                                      is_leaf=lambda v: isinstance(v, tuple))

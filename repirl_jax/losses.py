@@ -194,17 +194,50 @@ def error_credit(error_GKT, outcome_GK, mask_GKT, only_step=False):
     return jnp.where(located[..., None], span, mask) & mask
 
 
+def _step_means(r_GKT, step_GKT, mask_GKT):
+    """([G * K, T] mean token reward of each rollout's step s at column s, [G * K, T] bool: step s has tokens)."""
+    G, K, T = r_GKT.shape
+    seg = (jnp.arange(G * K)[:, None] * T + jnp.clip(step_GKT.reshape(G * K, T), 0, T - 1)).reshape(-1)
+    m = mask_GKT.astype(bool).reshape(-1).astype(jnp.float32)
+    sums = jax.ops.segment_sum(r_GKT.reshape(-1) * m, seg, G * K * T).reshape(G * K, T)
+    counts = jax.ops.segment_sum(m, seg, G * K * T).reshape(G * K, T)
+    return sums / jnp.maximum(counts, 1), counts > 0
+
+
+def _step_tokens(step_GKT, mask_GKT, chosen):
+    """[G, K, T] the tokens of each rollout's chosen step (chosen: [G * K] step index)."""
+    return (step_GKT == chosen.reshape(step_GKT.shape[:2])[..., None]) & mask_GKT.astype(bool)
+
+
 def lowest_step(r_GKT, step_GKT, mask_GKT):
     """[G, K, T] the tokens of each rollout's step with the lowest mean token reward (a PRM's guess
     of the failing step; step_GKT: each token's step index, steps.token_steps)."""
-    G, K, T = r_GKT.shape
+    means, has = _step_means(r_GKT, step_GKT, mask_GKT)
+    return _step_tokens(step_GKT, mask_GKT, jnp.argmin(jnp.where(has, means, jnp.inf), -1))
+
+
+def first_low_step(r_GKT, step_GKT, mask_GKT):
+    """[G, K, T] the tokens of each rollout's first step whose mean token reward is below the mean of
+    its steps' means (the lowest step when none is): the onset of a drop. When the scores of the steps
+    after a slip stay low (a PRM that carries "a slip happened" forward), the lowest step is often a
+    later one; the first low one is the slip more often (benchmarks/locators.py)."""
+    means, has = _step_means(r_GKT, step_GKT, mask_GKT)
+    avg = jnp.sum(jnp.where(has, means, 0.0), -1, keepdims=True) / jnp.maximum(jnp.sum(has, -1, keepdims=True), 1)
+    below = has & (means < avg)
+    lowest = jnp.argmin(jnp.where(has, means, jnp.inf), -1)
+    return _step_tokens(step_GKT, mask_GKT, jnp.where(below.any(-1), jnp.argmax(below, -1), lowest))
+
+
+def locate_accuracy(located_GKT, error_GKT, outcome_GK, mask_GKT):
+    """Over the failed rollouts with an exact error step (error_GKT: its tokens), the fraction whose
+    located step (located_GKT: its tokens, e.g. lowest_step) is that step; nan when there is none.
+    Steps are disjoint token sets, so "same step" is "any token in common"."""
     mask = mask_GKT.astype(bool)
-    seg = (jnp.arange(G * K)[:, None] * T + jnp.clip(step_GKT.reshape(G * K, T), 0, T - 1)).reshape(-1)
-    m = mask.reshape(-1).astype(jnp.float32)
-    sums = jax.ops.segment_sum(r_GKT.reshape(-1) * m, seg, G * K * T).reshape(G * K, T)
-    counts = jax.ops.segment_sum(m, seg, G * K * T).reshape(G * K, T)
-    worst = jnp.argmin(jnp.where(counts > 0, sums / jnp.maximum(counts, 1), jnp.inf), -1).reshape(G, K)
-    return (step_GKT == worst[..., None]) & mask
+    err = error_GKT & mask
+    scored = jnp.any(err, -1) & (outcome_GK < 0.5)
+    hit = jnp.any(located_GKT & err, -1) & scored
+    n = jnp.sum(scored)
+    return jnp.where(n > 0, jnp.sum(hit) / jnp.maximum(n, 1), jnp.nan)
 
 
 def shared_and_sample_rms(x_GKT, mask_GKT):

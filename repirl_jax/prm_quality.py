@@ -139,6 +139,12 @@ def dev_split(P: int, seed: int) -> np.ndarray:
     return dev
 
 
+def first_low(scores: np.ndarray) -> int:
+    """The first step scored below the mean of the steps' scores, else the lowest (losses.first_low_step)."""
+    below = np.nonzero(scores < np.nanmean(scores))[0]
+    return int(below[0]) if len(below) else int(np.nanargmin(scores))
+
+
 def step_metrics(step_scores: list[np.ndarray], labels: list[chain.StepLabels], N: int, seed: int = 0) -> dict:
     """Step-level quality of one scorer's step scores against exact labels, summary entries:
     step_auroc   AUROC of every step's prefix score vs its ok label, over all steps of all samples.
@@ -155,8 +161,9 @@ def step_metrics(step_scores: list[np.ndarray], labels: list[chain.StepLabels], 
                  past its last step, which no prediction can hit: it is left out (fws_n counts
                  the samples scored on the test half).
     locate_acc   over the wrong samples whose first wrong step is one of their steps: how often it
-                 is the step scored lowest (no threshold: what policy.credit=prm_error uses to stop a
-                 failed rollout's outcome credit); locate_chance, a uniformly random step's rate.
+                 is the step scored lowest (no threshold: what policy.credit=prm_error / prm_step use);
+                 locate_first_acc: how often it is the first step scored below the sample's mean step
+                 score (first_low: policy.credit=prm_first); locate_chance, a uniformly random step's rate.
     """
     s = np.concatenate([np.minimum.accumulate(x) for x in step_scores])
     y = np.concatenate([lab.ok for lab in labels]).astype(bool)
@@ -164,9 +171,11 @@ def step_metrics(step_scores: list[np.ndarray], labels: list[chain.StepLabels], 
         raise ValueError(f"step_metrics: {s.size} step scores for {y.size} labelled steps")
     out = {"step_auroc": (ev.auroc(s, y),)}
     wrong = [i for i, lab in enumerate(labels) if lab.first_wrong is not None and lab.first_wrong < len(lab.ok)]
-    hits = [int(np.nanargmin(step_scores[i])) == labels[i].first_wrong for i in wrong
-            if np.isfinite(step_scores[i]).any()]
+    scored = [i for i in wrong if np.isfinite(step_scores[i]).any()]
+    hits = [int(np.nanargmin(step_scores[i])) == labels[i].first_wrong for i in scored]
+    first = [first_low(step_scores[i]) == labels[i].first_wrong for i in scored]
     out |= {"locate_acc": (float(np.mean(hits)) if hits else float("nan"),),
+            "locate_first_acc": (float(np.mean(first)) if first else float("nan"),),
             "locate_chance": (float(np.mean([1 / len(labels[i].ok) for i in wrong])) if wrong else float("nan"),)}
     dev = dev_split(len(labels) // N, seed)
     usable = [i for i, lab in enumerate(labels) if lab.first_wrong is None or lab.first_wrong < len(lab.ok)]
@@ -184,7 +193,8 @@ def step_metrics(step_scores: list[np.ndarray], labels: list[chain.StepLabels], 
 
 def _located(summary: dict, name: str):
     acc, chance = summary.get(f"{name}/locate_acc"), summary.get(f"{name}/locate_chance")
-    return None if acc is None else f"{acc[0]:.3f} ({chance[0]:.3f})"
+    first = summary.get(f"{name}/locate_first_acc")
+    return None if acc is None else f"{acc[0]:.3f} / {first[0] if first else float('nan'):.3f} ({chance[0]:.3f})"
 
 
 def scorer_rows(summary: dict, N: int, names=None) -> list[dict]:
@@ -204,5 +214,5 @@ def scorer_rows(summary: dict, N: int, names=None) -> list[dict]:
                      "AUROC within level": cell(f"{name}/auroc_within_level"),
                      f"best-of-{N} [95% CI]": cell(f"{name}/best_of_{N}"),
                      "step AUROC": cell(f"{name}/step_auroc"), "FWS F1": cell(f"{name}/fws_f1"),
-                     "failing step located (chance)": _located(summary, name)})
+                     "failing step located: lowest / first low step (chance)": _located(summary, name)})
     return rows

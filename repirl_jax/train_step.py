@@ -332,16 +332,26 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
                 losses.trajectory_scores(r_GKT, mask, pc.score), batch.outcome_GK, mask.any(-1))
         else:
             r_GKT = jnp.zeros(mask.shape, jnp.float32)
+        if batch.step_ok_GKT is not None and batch.step_GKT is not None:
+            # how often a locator finds a failed rollout's exact first wrong step, on this batch: the
+            # PRM's lowest step (what policy.credit=prm_* uses) and the sampler log-prob's (the null)
+            err = batch.step_ok_GKT == 0
+            for rule, fn in (("", losses.lowest_step), ("first_", losses.first_low_step)):
+                located = lambda v: losses.locate_accuracy(fn(v, batch.step_GKT, mask), err, batch.outcome_GK, mask)
+                metrics[f"logprob_{rule}locate_acc"] = located(batch.sampler_logp_GKT)
+                if pc.loss not in ("none", "exact"):
+                    metrics[f"prm_{rule}locate_acc"] = located(r_GKT)
         outcome = qc.alpha_o * batch.outcome_GK + batch.format_GK
         alpha_p = qc.alpha_p if pc.loss != "none" else 0.0
         credit = None
         if qc.credit != "last":  # the outcome advantage of a failed rollout stops at its (located) error step
             if qc.credit.startswith("exact_"):
                 err = batch.step_ok_GKT == 0
-            else:  # the located step: lowest mean PRM reward, or (the null) lowest mean sampler log-prob
-                err = losses.lowest_step(batch.sampler_logp_GKT if qc.credit == "logprob_step" else r_GKT,
-                                         batch.step_GKT, mask)
-            credit = losses.error_credit(err, batch.outcome_GK, mask, only_step=qc.credit.endswith("_step"))
+            else:  # the located step by the PRM's rewards or (the null) the sampler log-probs: the lowest
+                # step, or the first below the rollout's mean step score (*_first)
+                locate = losses.first_low_step if qc.credit.endswith("_first") else losses.lowest_step
+                err = locate(batch.sampler_logp_GKT if qc.credit.startswith("logprob_") else r_GKT, batch.step_GKT, mask)
+            credit = losses.error_credit(err, batch.outcome_GK, mask, only_step=qc.credit.endswith(("_step", "_first")))
             # response tokens that carry no outcome advantage
             metrics["credit_dropped_frac"] = jnp.sum(mask & ~credit) / jnp.maximum(jnp.sum(mask), 1)
         adv = losses.advantages(outcome, r_GKT, mask, 1.0, alpha_p, qc.whiten, qc.estimator, qc.process_adv, pc.score,

@@ -199,8 +199,14 @@ def test_first_wrong_step_metrics_on_a_tiny_case():
     # lowest step of the two wrong samples: [1, 0, 0] -> 1 (first of the tie; label 1: hit),
     # [0.2, 0.9, 0.9] -> 0 (label 0: hit); a random step hits 1/3 of the time
     assert m["locate_acc"] == (1.0,) and m["locate_chance"] == (pytest.approx(1 / 3),)
-    scores[3] = np.array([0.9, 0.2, 0.9])  # the slip scored above a later step: a miss
-    assert prm_quality.step_metrics(scores, labels, 1, seed=0)["locate_acc"] == (0.5,)
+    assert m["locate_first_acc"] == (1.0,)  # the first step below the sample's mean: 1 and 0, hits
+    scores[3] = np.array([0.9, 0.2, 0.9])  # the slip scored above a later step: a miss for both rules
+    m = prm_quality.step_metrics(scores, labels, 1, seed=0)
+    assert m["locate_acc"] == (0.5,) and m["locate_first_acc"] == (0.5,)
+    # the steps after the slip scored lower still: the lowest step (2) misses, the first low one (1) hits
+    scores[2] = np.array([1.0, 0.3, 0.1])
+    m = prm_quality.step_metrics(scores, labels, 1, seed=0)
+    assert m["locate_acc"] == (0.0,) and m["locate_first_acc"] == (0.5,)
 
 
 def test_a_stopped_short_sample_is_left_out_of_first_wrong_step():

@@ -315,6 +315,7 @@ def test_error_credit_and_lowest_step_match_reference():
     r = rng.randn(G, K, T).astype(np.float32)
     outcome = (rng.rand(G, K) < 0.4).astype(np.float32)
     low = np.asarray(losses.lowest_step(jnp.asarray(r), jnp.asarray(step), jnp.asarray(mask)))
+    onset = np.asarray(losses.first_low_step(jnp.asarray(r), jnp.asarray(step), jnp.asarray(mask)))
     err = rng.rand(G, K, T) < 0.3
     credit, only = (np.asarray(losses.error_credit(jnp.asarray(err), jnp.asarray(outcome), jnp.asarray(mask), s))
                     for s in (False, True))
@@ -324,11 +325,20 @@ def test_error_credit_and_lowest_step_match_reference():
             means = {s: r[g, k, :L][step[g, k, :L] == s].mean() for s in set(step[g, k, :L])}
             worst = min(means, key=means.get)
             np.testing.assert_array_equal(low[g, k], (step[g, k] == worst) & mask[g, k])
+            avg = np.mean(list(means.values()))
+            first = min((s for s in means if means[s] < avg), default=worst)
+            np.testing.assert_array_equal(onset[g, k], (step[g, k] == first) & mask[g, k])
             e = np.flatnonzero(err[g, k, :L])
             located = outcome[g, k] == 0 and len(e)
             at = e[-1] if located else L - 1
             np.testing.assert_array_equal(credit[g, k], (np.arange(T) <= at) & mask[g, k])
             np.testing.assert_array_equal(only[g, k], err[g, k] & mask[g, k] if located else mask[g, k])
+    # locate_accuracy: over failed rollouts with an error token, the located step holds one of them
+    scored = [(g, k) for g in range(G) for k in range(K) if outcome[g, k] == 0 and (err[g, k] & mask[g, k]).any()]
+    want = np.mean([(low[g, k] & err[g, k]).any() for g, k in scored])
+    got = losses.locate_accuracy(jnp.asarray(low), jnp.asarray(err), jnp.asarray(outcome), jnp.asarray(mask))
+    assert float(got) == pytest.approx(want)
+    assert np.isnan(float(losses.locate_accuracy(jnp.asarray(low), jnp.asarray(err), jnp.ones((G, K)), jnp.asarray(mask))))
     a_o = np.asarray(losses.advantages(outcome, np.zeros((G, K, T)), mask, 1.0, 0.0, False, "rloo"))[..., 0]
     for span in (credit, only):
         adv = np.asarray(losses.advantages(outcome, np.zeros((G, K, T)), mask, 1.0, 0.0, False, "rloo",
