@@ -1,22 +1,22 @@
 """Which rule locates a failed sample's first wrong step best, given one trained rePIRL run?
 
-    python -m benchmarks.locators RUN_DIR [--problems 200] [--samples 16] [--set demo.field=value ...]
+    python -m benchmarks.locators RUN_DIR [--start START_DIR] [--problems 300] [--samples 16] [--set field=value ...]
 
 RUN_DIR is a `loop.run` workdir of the demo's chain setup (RUN_DIR/final/{policy, prm, prm_head.npz}).
-Samples `samples` responses per held-out problem at T=1 from the run's policy, scores them with its
-PRM, and over the failed samples whose first wrong step is one of their steps reports how often each
-rule's located step is that step (locate_acc; chance = a uniformly random step), and for the soft
-rules the mean probability mass they put on it. Rules (a step's value is over its own tokens):
+Samples `samples` responses per problem at T=1 from the run's policy, scores them, and over the failed
+samples whose first wrong step is one of their steps reports how often each rule's located step is
+that step (chance: a uniformly random step). A step's value is the mean over its own tokens of:
 
-  prm_mean      argmin of the mean token reward r_t (what policy.credit=prm_step uses)
-  prm_sum       argmin of the summed token reward
-  head_mean     argmin of the mean of w . h_t + b alone (head_logprob without its c log p_trunk term)
-  trunk_mean    argmin of the mean of log p_trunk(a_t) (the PRM trunk's own log-likelihood)
-  ratio_mean    argmin of the mean of r_t - log pi(a_t) (expert energy relative to the policy)
-  logprob_mean  argmin of the mean policy log-prob (the null, policy.credit=logprob_step)
-  below_k       the first step whose mean r_t is below the sample's mean step score minus k standard
-                deviations of its step scores (else the argmin)
-  near_min_d    the first step whose standardised mean r_t is within d of the lowest
+  prm      the PRM's token reward r_t (head_logprob: w . h_t + b + c log p_trunk(a_t))
+  head     w . h_t + b alone (without the c log p_trunk term)
+  trunk    log p_trunk(a_t): the PRM trunk's own log-likelihood, as trained
+  ratio    r_t - log pi(a_t): the energy relative to the policy
+  logprob  the policy's log-prob (the null of policy.credit=logprob_*)
+  init     the same PRM untrained (--start: the start checkpoint's log-likelihood for head_logprob)
+and the rules: `lowest` (argmin: policy.credit=prm_step), `first` (the first step below the sample's
+mean step score: prm_quality.first_low, policy.credit=prm_first); for the PRM also the summed reward's
+argmin, the first step below mean - k std, the first within d std of the lowest, and the mean mass
+that a softmax(-z / tau) over standardised step scores puts on the first wrong step.
 Exploration tool: what it prints decides which locator the RL sweep tries. It samples a dev split
 (problems drawn with --data-seed, 11 by default; neither the sweep's held-out split, data.seed 1, nor
 fresh_split's, 7; prompts of the training split removed), so picking a rule tunes on neither.
@@ -40,7 +40,8 @@ def step_stats(v_T, step_of_T, n_steps):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run")
-    p.add_argument("--problems", type=int, default=200)
+    p.add_argument("--start", default="", help="the start checkpoint: adds the untrained PRM (init)")
+    p.add_argument("--problems", type=int, default=300)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--data-seed", type=int, default=11)
@@ -73,10 +74,13 @@ def main(argv=None) -> int:
     trunk_lp = (r - rh) / cval if cval else np.zeros_like(r)
     labels = prm_quality.chain_labels(probs, s.texts, N)
     values = {"prm": r, "head": rh, "trunk": trunk_lp, "ratio": r - s.logprobs, "logprob": s.logprobs}
-    KS, DS = (0.0, 0.25, 0.5, 1.0), (0.5, 1.0, 1.5)
-    hits = {k: [] for k in ("prm_mean", "prm_sum", "head_mean", "trunk_mean", "ratio_mean", "logprob_mean",
-                            *[f"below_{k}" for k in KS], *[f"near_min_{d}" for d in DS])}
-    soft = {t: [] for t in (0.25, 0.5, 1.0)}
+    if args.start:
+        init = scorer.initial(models.load(args.start))
+        values["init"] = eval_runner._token_rewards(init, enc.ids, s, N, 0)
+    KS, DS, TAUS = (0.0, 0.25, 0.5, 1.0), (0.5, 1.0, 1.5), (0.25, 0.5, 1.0)
+    hits = {f"{k}_{rule}": [] for k in values for rule in ("lowest", "first")}
+    hits |= {"prm_sum_lowest": [], **{f"prm_below_{k}": [] for k in KS}, **{f"prm_near_min_{d}": [] for d in DS}}
+    soft = {t: [] for t in TAUS}
     chance = []
     for i, lab in enumerate(labels):
         if s.correct_PN.ravel()[i] or lab.first_wrong is None or lab.first_wrong >= len(lab.ok):
@@ -86,26 +90,25 @@ def main(argv=None) -> int:
         n = len(chain.response_lines(s.texts[i]))
         keep = so < n
         st = {k: step_stats(v[i][m][keep], so[keep], n) for k, v in values.items()}
+        if not np.isfinite(st["prm"][0]).any():
+            continue
         fw = lab.first_wrong
         chance.append(1 / n)
-        for k in ("prm", "head", "trunk", "ratio", "logprob"):
-            mean = st[k][0]
-            if np.isfinite(mean).any():
-                hits[f"{k}_mean"].append(int(np.nanargmin(mean)) == fw)
-        if np.isfinite(st["prm"][1]).any():
-            hits["prm_sum"].append(int(np.nanargmin(st["prm"][1])) == fw)
+        for k, (mean, _) in st.items():
+            hits[f"{k}_lowest"].append(int(np.nanargmin(mean)) == fw)
+            hits[f"{k}_first"].append(prm_quality.first_low(mean) == fw)
+        hits["prm_sum_lowest"].append(int(np.nanargmin(st["prm"][1])) == fw)
         mean = st["prm"][0]
-        if np.isfinite(mean).any():
-            fin = np.where(np.isfinite(mean), mean, np.inf)
-            z = (fin - np.nanmean(mean)) / (np.nanstd(mean) + 1e-6)
-            first = lambda sel: (int(np.nonzero(sel)[0][0]) if sel.any() else int(np.argmin(fin))) == fw
-            for k in KS:
-                hits[f"below_{k}"].append(first(z < -k))
-            for d in DS:
-                hits[f"near_min_{d}"].append(first(z <= z.min() + d))
-            for t in soft:
-                q = np.exp(-(z - z[np.isfinite(z)].min()) / t) * np.isfinite(z)
-                soft[t].append(q[fw] / q.sum())
+        fin = np.where(np.isfinite(mean), mean, np.inf)
+        z = (fin - np.nanmean(mean)) / (np.nanstd(mean) + 1e-6)
+        first = lambda sel: (int(np.nonzero(sel)[0][0]) if sel.any() else int(np.argmin(fin))) == fw
+        for k in KS:
+            hits[f"prm_below_{k}"].append(first(z < -k))
+        for d in DS:
+            hits[f"prm_near_min_{d}"].append(first(z <= z.min() + d))
+        for t in TAUS:
+            q = np.exp(-(z - z.min()) / t) * np.isfinite(z)
+            soft[t].append(q[fw] / q.sum())
     out = {"failed_samples": len(chance), "chance": float(np.mean(chance)), "c": cval,
            **{f"locate/{k}": float(np.mean(v)) for k, v in hits.items()},
            **{f"soft_mass/tau={t}": float(np.mean(v)) for t, v in soft.items()}}

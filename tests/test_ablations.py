@@ -23,8 +23,9 @@ def test_summary_rows():
     summary = {"prm/auroc": [0.75], "prm/ranking": [0.4, 0.3, 0.5], "prm/step_auroc": [0.9],
                "prm/best_of_16": [0.6, 0.5, 0.7], "maj@16": [0.55, 0.45, 0.65], "logprob/ranking": [0.52, 0.4, 0.6],
                "length/ranking": [0.61, 0.5, 0.7], "hash/ranking": [0.5, 0.4, 0.6]}  # eval_runner.EvalReport's
-    results = {"rloo": [{"greedy": [0, 1, 0, 0]}, {"greedy": [0, 1, 1, 0]}],
-               "repirl": [{"greedy": [1, 1, 0, 0], "summary": summary}, {"greedy": [1, 1, 1, 1]}]}
+    results = {"rloo": [{"greedy": [0, 1, 0, 0], "t1": [0.25, 0.5, 0, 0]}, {"greedy": [0, 1, 1, 0], "t1": [0, 1, 0.5, 0]}],
+               "repirl": [{"greedy": [1, 1, 0, 0], "summary": summary, "t1": [0.5, 1, 0, 0.25]},
+                          {"greedy": [1, 1, 1, 1], "t1": [1, 0.75, 0.5, 0.5]}]}
     walls = {"rloo": [{"train_s": 10.0}, {"train_s": 12.0}], "repirl": [{"train_s": 20.0}, {"train_s": 22.0}]}
     rows = ablations.summarize(c, results, walls)
     assert [r["method"] for r in rows] == ["rloo", "repirl"]
@@ -32,6 +33,12 @@ def test_summary_rows():
         *compare.seeds_problems_bootstrap(np.array([[0, 1, 0, 0], [0, 1, 1, 0]])))
     m, lo, hi, p = ev.paired_bootstrap([1, 1, 0.5, 0.5], [0, 1, 0.5, 0])
     assert rows[1]["diff vs rloo [95% CI]"] == ev.format_ci(m, lo, hi) and rows[1]["p"] == p
+    # T=1 accuracy (avg@4 per problem) over seeds and problems, and its paired difference
+    assert rows[0]["T=1 accuracy [95% CI]"] == ev.format_ci(
+        *compare.seeds_problems_bootstrap(np.array([[0.25, 0.5, 0, 0], [0, 1, 0.5, 0]])))
+    m, lo, hi, p = ev.paired_bootstrap([0.75, 0.875, 0.25, 0.375], [0.125, 0.75, 0.25, 0])
+    assert rows[1]["T=1 diff vs rloo [95% CI]"] == ev.format_ci(m, lo, hi) and rows[1]["T=1 p"] == p
+    assert "T=1 diff vs rloo [95% CI]" not in rows[0]
     assert rows[1]["PRM AUROC (seed 0)"] == 0.75 and rows[1]["train s / seed"] == 21
     assert rows[1]["PRM ranking (seed 0)"] == 0.4 and "PRM ranking (seed 0)" not in rows[0]
     assert "policy.alpha_p=" in rows[1]["overrides"] and "diff vs rloo [95% CI]" not in rows[0]
@@ -75,7 +82,7 @@ def test_toy_sweep_runs_resumes_and_says_toy(tmp_path):
     assert f"**2 of {len(ablations.VARIANTS)} variants** (not run: head_zero_init," in text  # a subset says so
     for needle in ("| rloo | prm.loss=none policy.credit=last | 1 |", "| repirl | (demo default", "| repirl | PRM best-of-n |",
                    "| repirl | majority vote |", "| repirl | prm | PRM, mean token reward |", "| repirl | hash |",
-                   "PRM step AUROC", "| PRM best-of-2 | maj@2 |"):
+                   "PRM step AUROC", "| PRM best-of-2 | maj@2 |", "| T=1 accuracy [95% CI] | T=1 diff vs rloo"):
         assert needle in text, text
     assert (tmp_path / "results_bon.png").read_bytes()[:4] == b"\x89PNG"
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
