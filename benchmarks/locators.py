@@ -15,8 +15,9 @@ that step (chance: a uniformly random step). A step's value is the mean over its
   init     the same PRM untrained (--start: the start checkpoint's log-likelihood for head_logprob)
 and the rules: `lowest` (argmin: policy.credit=prm_step), `first` (the first step below the sample's
 mean step score: prm_quality.first_low, policy.credit=prm_first); for the PRM also the summed reward's
-argmin, the first step below mean - k std, the first within d std of the lowest, and the mean mass
-that a softmax(-z / tau) over standardised step scores puts on the first wrong step.
+argmin, the first step below mean - k std, the first within d std of the lowest, the mean mass
+that a softmax(-z / tau) over standardised step scores puts on the first wrong step, and where the
+lowest step falls: before the first wrong step, at it, or after it (_last: on the answer line).
 Exploration tool: what it prints decides which locator the RL sweep tries. It samples a dev split
 (problems drawn with --data-seed, 11 by default; neither the sweep's held-out split, data.seed 1, nor
 fresh_split's, 7; prompts of the training split removed), so picking a rule tunes on neither.
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
     hits = {f"{k}_{rule}": [] for k in values for rule in ("lowest", "first")}
     hits |= {"prm_sum_lowest": [], **{f"prm_below_{k}": [] for k in KS}, **{f"prm_near_min_{d}": [] for d in DS}}
     soft = {t: [] for t in TAUS}
+    where = {k: [] for k in ("prm", "logprob", "init")}  # where the lowest step falls: the slip's step or which side
     chance = []
     for i, lab in enumerate(labels):
         if s.correct_PN.ravel()[i] or lab.first_wrong is None or lab.first_wrong >= len(lab.ok):
@@ -98,6 +100,10 @@ def main(argv=None) -> int:
             hits[f"{k}_lowest"].append(int(np.nanargmin(mean)) == fw)
             hits[f"{k}_first"].append(prm_quality.first_low(mean) == fw)
         hits["prm_sum_lowest"].append(int(np.nanargmin(st["prm"][1])) == fw)
+        for k in where:
+            if k in st:
+                low = int(np.nanargmin(st[k][0]))
+                where[k].append(("before" if low < fw else "at" if low == fw else "after") + ("_last" if low == n - 1 else ""))
         mean = st["prm"][0]
         fin = np.where(np.isfinite(mean), mean, np.inf)
         z = (fin - np.nanmean(mean)) / (np.nanstd(mean) + 1e-6)
@@ -111,7 +117,9 @@ def main(argv=None) -> int:
             soft[t].append(q[fw] / q.sum())
     out = {"failed_samples": len(chance), "chance": float(np.mean(chance)), "c": cval,
            **{f"locate/{k}": float(np.mean(v)) for k, v in hits.items()},
-           **{f"soft_mass/tau={t}": float(np.mean(v)) for t, v in soft.items()}}
+           **{f"soft_mass/tau={t}": float(np.mean(v)) for t, v in soft.items()},
+           **{f"lowest_step/{k}/{w}": float(np.mean([x == w for x in v])) for k, v in where.items() if v
+              for w in ("before", "at", "after", "after_last", "at_last")}}
     print(json.dumps(out, indent=1))
     return 0
 
