@@ -92,6 +92,9 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
                          "the rollout's mean step score, alone (the onset of the drop, not the lowest step)"),
     "credit=logprob_first": (["prm.loss=none", "policy.credit=logprob_first"],
                              "the null of credit=prm_first: the same rule on the sampler's log-probs (no PRM)"),
+    "credit=random_step": (["prm.loss=none", "policy.credit=random_step"],
+                           "the zero-information null of located credit: a failed rollout's outcome credit on one "
+                           "uniformly random step of it, alone (no PRM)"),
     # the PRM only as a locator (no process reward): the PRM analogues of credit=exact_error / exact_step
     "prm_error_only": (["policy.credit=prm_error", "policy.alpha_p=0"],
                        "rePIRL's PRM locating the failing step for the outcome credit (stops there), no process reward"),

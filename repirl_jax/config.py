@@ -91,7 +91,8 @@ class OptimConfig:
 PRM_FORMS = ("head", "head_logprob", "implicit", "shared")
 PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "exact", "none", "frozen")
 PROCESS_ADV = ("token", "position", "last")
-CREDITS = ("last", "prm_error", "exact_error", "prm_step", "exact_step", "logprob_step", "prm_first", "logprob_first")
+CREDITS = ("last", "prm_error", "exact_error", "prm_step", "exact_step", "logprob_step", "prm_first", "logprob_first",
+           "random_step")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
 
 
@@ -157,7 +158,8 @@ class PolicyConfig:
     # exact_step (that step's tokens only: the steps before it were right and get no blame) | logprob_step
     # (the step with the lowest mean sampler log-prob, alone: the null that locates without a PRM) |
     # prm_first, logprob_first (the first step scored below the rollout's mean step score, alone:
-    # losses.first_low_step, by the PRM's rewards or, the null, the sampler log-probs)
+    # losses.first_low_step, by the PRM's rewards or, the null, the sampler log-probs) | random_step (one
+    # uniformly random step, alone: the zero-information null of a located credit)
     credit: str = "last"
     clip_low: float = 0.2
     clip_high: float = 0.2

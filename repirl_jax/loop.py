@@ -300,7 +300,7 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                 # chain task always, for the in-loop locate metrics (prm_locate_acc, logprob_locate_acc)
                 step_ok_GKT=oracle_labels(train, idx, chosen, out, tok, K) if labelled or d.task == "chain" else None,
                 step_GKT=(steps.token_steps(tok, roll).astype(np.int32)
-                          if cfg.policy.credit.startswith(("prm_", "logprob_")) or d.task == "chain" else None))
+                          if cfg.policy.credit.startswith(("prm_", "logprob_", "random_")) or d.task == "chain" else None))
             if layout is not None:  # global arrays: each process's devices receive only their rows
                 batch = jax.tree.map(lambda a, x: layout.put(x, a), batch.axes(), batch,
                                      is_leaf=lambda v: isinstance(v, tuple))

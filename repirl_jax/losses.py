@@ -228,6 +228,14 @@ def first_low_step(r_GKT, step_GKT, mask_GKT):
     return _step_tokens(step_GKT, mask_GKT, jnp.where(below.any(-1), jnp.argmax(below, -1), lowest))
 
 
+def random_step(key, step_GKT, mask_GKT):
+    """[G, K, T] the tokens of one step of each rollout drawn uniformly among its steps that have
+    tokens: the zero-information locator, the null of a PRM's (policy.credit=random_step)."""
+    _, has = _step_means(jnp.zeros(step_GKT.shape, jnp.float32), step_GKT, mask_GKT)
+    u = jax.random.uniform(key, has.shape)
+    return _step_tokens(step_GKT, mask_GKT, jnp.argmax(jnp.where(has, u, -1.0), -1))
+
+
 def locate_accuracy(located_GKT, error_GKT, outcome_GK, mask_GKT):
     """Over the failed rollouts with an exact error step (error_GKT: its tokens), the fraction whose
     located step (located_GKT: its tokens, e.g. lowest_step) is that step; nan when there is none.

@@ -347,6 +347,8 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         if qc.credit != "last":  # the outcome advantage of a failed rollout stops at its (located) error step
             if qc.credit.startswith("exact_"):
                 err = batch.step_ok_GKT == 0
+            elif qc.credit == "random_step":  # a key of its own, from the state's: the same draws on resume
+                err = losses.random_step(jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1), batch.step_GKT, mask)
             else:  # the located step by the PRM's rewards or (the null) the sampler log-probs: the lowest
                 # step, or the first below the rollout's mean step score (*_first)
                 locate = losses.first_low_step if qc.credit.endswith("_first") else losses.lowest_step

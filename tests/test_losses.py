@@ -333,6 +333,20 @@ def test_error_credit_and_lowest_step_match_reference():
             at = e[-1] if located else L - 1
             np.testing.assert_array_equal(credit[g, k], (np.arange(T) <= at) & mask[g, k])
             np.testing.assert_array_equal(only[g, k], err[g, k] & mask[g, k] if located else mask[g, k])
+    # random_step: exactly one step that has tokens, each of them about equally often over keys
+    counts = np.zeros((G, K, T))
+    for i in range(200):
+        pick = np.asarray(losses.random_step(jax.random.key(i), jnp.asarray(step), jnp.asarray(mask)))
+        for g in range(G):
+            for k in range(K):
+                picked = set(step[g, k][pick[g, k]])
+                assert len(picked) == 1 and np.array_equal(pick[g, k], (step[g, k] == picked.pop()) & mask[g, k])
+        counts += pick
+    for g in range(G):
+        for k in range(K):
+            present = sorted(set(step[g, k, :lens[g, k]]))
+            freq = np.array([counts[g, k][(step[g, k] == s) & mask[g, k]][0] for s in present]) / 200
+            assert np.all(np.abs(freq - 1 / len(present)) < 0.15), (freq, present)
     # locate_accuracy: over failed rollouts with an error token, the located step holds one of them
     scored = [(g, k) for g in range(G) for k in range(K) if outcome[g, k] == 0 and (err[g, k] & mask[g, k]).any()]
     want = np.mean([(low[g, k] & err[g, k]).any() for g, k in scored])

@@ -282,14 +282,16 @@ def test_exact_loss_rewards_the_correct_path_and_trains_no_prm():
 
 @pytest.mark.parametrize("credit,loss,dropped", [("exact_error", "exact", 3), ("prm_error", "frozen", 4),
                                                   ("exact_step", "exact", 5), ("logprob_step", "none", 4),
-                                                  ("prm_first", "frozen", 4), ("logprob_first", "none", 4)])
+                                                  ("prm_first", "frozen", 4), ("logprob_first", "none", 4),
+                                                  ("random_step", "none", 4)])
 def test_error_credit_stops_a_failed_rollouts_outcome_credit_at_its_error_step(credit, loss, dropped):
     """policy.credit: the failed rollout's outcome advantage reaches the end of its error step, by
     the exact labels (first wrong step: token 2) or by the PRM (lowest mean reward: a zero head
     ties, so step 0, tokens 0-1); the tokens after it get no outcome credit (exact_step: nor the
     right tokens before it), counted per step; logprob_step (the null, no PRM): the step of lowest mean
     sampler log-prob alone (step 1, tokens 2-3); *_first: the first step below the rollout's mean step
-    score (log-probs: step 1 again; the zero head: none below, so its lowest, step 0)."""
+    score (log-probs: step 1 again; the zero head: none below, so its lowest, step 0); random_step: one of
+    the three 2-token steps."""
     rng = np.random.RandomState(5)
     b = synthetic_batch(rng, G=2, K=2, E=2, T=6)
     b.rollout_mask_GKT = np.ones_like(b.rollout_mask_GKT)
