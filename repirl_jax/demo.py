@@ -85,8 +85,9 @@ def default_config() -> DemoConfig:
         # and puts that rollout's outcome advantage on that step's tokens alone (credit=prm_step), with
         # no process reward (alpha_p 0) at policy lr 1e-4: of the rePIRL variants tried at 3 seeds
         # (README, docs/results.md) the best, +0.033 [0.01, 0.06] over RLOO (p 0.013), confirmed on a
-        # second held-out split (+0.028, p 0.03); the process reward on top (alpha_p 0.1, process
-        # advantage on the last token, kept for alpha_p > 0) gave 0.245 vs 0.247. Policy lr 1e-4 is
+        # second held-out split (+0.028, p 0.03; rerun 2026-12-06: +0.036 and +0.042, about half of it
+        # from blaming one step at all, as credit=random_step does); the process reward on top (alpha_p
+        # 0.1, process advantage on the last token, kept for alpha_p > 0) gave 0.245 vs 0.247. Policy lr 1e-4 is
         # RLOO's better lr here too (seed 0: 0.235 vs 0.190 at 3e-5); on clean demonstrations it
         # lowered held-out accuracy.
         prm=PRMConfig(form="head_logprob", logprob_init=1.0, score="sum", optim=OptimConfig(lr=1e-4, grad_clip=10.0)),
