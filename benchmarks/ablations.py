@@ -164,26 +164,45 @@ def train(c, start: str, variant: str, seed: int, root: str) -> dict:
 EVAL_FORMAT = 2  # eval.json written by eval_runner.evaluate; an older cached one is evaluated again
 
 
+def _eval_path(root: str, variant: str | None, seed: int, name: str) -> tuple[str, str]:
+    """(the run's directory, its cached evaluation file `name`); variant None is the warm-up start."""
+    d = run_dir(root, variant, seed) if variant else os.path.join(root, "start")
+    return d, os.path.join(d, name)
+
+
+def _cached(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _policy(c, d: str, variant: str | None, start: str, test):
+    """(model config, params, tokenizer, encoded prompts, the problems kept) of a run's final policy
+    (variant None: the start). All runs share the warm-up's tokenizer, so every run keeps the same
+    problems; prompts.encode logs what it drops."""
+    from repirl_jax import models
+    from repirl_jax.data import prompts
+
+    policy = os.path.join(d, "final", "policy") if variant else start
+    pc, params = models.load(policy)
+    tok = models.load_tokenizer(policy)
+    enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)
+    return pc, params, tok, enc, [test[i] for i in enc.kept]
+
+
 def evaluate(c, start: str, variant: str | None, seed: int, root: str, test, bon: int, workers: int) -> dict:
     """eval_runner.evaluate of one run on the held-out split (greedy pass@1 per problem) and, for
     seed 0 of a PRM variant, its PRM beside the null scorers on `bon` samples per problem at T=1
     (ranking, AUROC, best-of-n vs majority vote, step metrics against the chain's exact labels).
     Cached in eval.json: its summary and curves, plus greedy, bon_prm and bon_maj for the tables."""
-    from repirl_jax import eval_runner, models
-    from repirl_jax.data import prompts
+    from repirl_jax import eval_runner
 
-    d = run_dir(root, variant, seed) if variant else os.path.join(root, "start")
-    path = os.path.join(d, "eval.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            cached = json.load(f)
-        if cached.get("format") == EVAL_FORMAT:
-            return cached
-    policy = os.path.join(d, "final", "policy") if variant else start
-    pc, params = models.load(policy)
-    tok = models.load_tokenizer(policy)
-    enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)  # logs what it drops; the same for every run
-    probs = [test[i] for i in enc.kept]  # (all runs share the warm-up's tokenizer)
+    d, path = _eval_path(root, variant, seed, "eval.json")
+    cached = _cached(path)
+    if cached and cached.get("format") == EVAL_FORMAT:
+        return cached
+    pc, params, tok, enc, probs = _policy(c, d, variant, start, test)
     has_prm = variant and not {"prm.loss=none", "prm.loss=exact"} & set(VARIANTS[variant][0])  # exact: nothing trained
     sample = has_prm and seed == 0 and bon > 1
     scorer = eval_runner.PRMScorer.load(os.path.join(d, "final"), (pc, params)) if sample else None
@@ -210,21 +229,14 @@ def evaluate_t1(c, start: str, variant: str | None, seed: int, root: str, test, 
     policy's T=1 accuracy. Greedy pass@1 flips a whole problem when the policy's top token changes,
     so it moves in jumps (3-10 points between evals 50 steps apart); T=1 accuracy moves with the
     probabilities themselves. Every run samples with the same seed. Cached in t1.json."""
-    from repirl_jax import eval_runner, models
-    from repirl_jax.data import prompts
+    from repirl_jax import eval_runner
 
-    d = run_dir(root, variant, seed) if variant else os.path.join(root, "start")
-    path = os.path.join(d, "t1.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            cached = json.load(f)
-        if cached.get("n") == n:
-            return cached["avg"]
-    policy = os.path.join(d, "final", "policy") if variant else start
-    pc, params = models.load(policy)
-    tok = models.load_tokenizer(policy)
-    enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)
-    s = eval_runner.rollouts(pc, params, tok, [test[i] for i in enc.kept], enc.ids, n=n, temperature=1.0,
+    d, path = _eval_path(root, variant, seed, "t1.json")
+    cached = _cached(path)
+    if cached and cached.get("n") == n:
+        return cached["avg"]
+    pc, params, tok, enc, probs = _policy(c, d, variant, start, test)
+    s = eval_runner.rollouts(pc, params, tok, probs, enc.ids, n=n, temperature=1.0,
                              max_new_tokens=c.rl.data.max_new_tokens, seed=c.seed, workers=workers)
     avg = s.correct_PN.mean(1).tolist()
     with open(path, "w") as f:

@@ -332,21 +332,21 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
                 losses.trajectory_scores(r_GKT, mask, pc.score), batch.outcome_GK, mask.any(-1))
         else:
             r_GKT = jnp.zeros(mask.shape, jnp.float32)
-        if batch.step_ok_GKT is not None and batch.step_GKT is not None:
+        exact_err = None if batch.step_ok_GKT is None else batch.step_ok_GKT == 0  # the first wrong step's tokens
+        if exact_err is not None and batch.step_GKT is not None:
             # how often a locator finds a failed rollout's exact first wrong step, on this batch: the
-            # PRM's lowest step (what policy.credit=prm_* uses) and the sampler log-prob's (the null)
-            err = batch.step_ok_GKT == 0
+            # PRM's (what policy.credit=prm_* uses) and the sampler log-prob's (the null), by each rule
+            sources = {"logprob": batch.sampler_logp_GKT} | ({"prm": r_GKT} if pc.loss not in ("none", "exact") else {})
             for rule, fn in (("", losses.lowest_step), ("first_", losses.first_low_step)):
-                located = lambda v: losses.locate_accuracy(fn(v, batch.step_GKT, mask), err, batch.outcome_GK, mask)
-                metrics[f"logprob_{rule}locate_acc"] = located(batch.sampler_logp_GKT)
-                if pc.loss not in ("none", "exact"):
-                    metrics[f"prm_{rule}locate_acc"] = located(r_GKT)
+                for name, v in sources.items():
+                    metrics[f"{name}_{rule}locate_acc"] = losses.locate_accuracy(
+                        fn(v, batch.step_GKT, mask), exact_err, batch.outcome_GK, mask)
         outcome = qc.alpha_o * batch.outcome_GK + batch.format_GK
         alpha_p = qc.alpha_p if pc.loss != "none" else 0.0
         credit = None
         if qc.credit != "last":  # the outcome advantage of a failed rollout stops at its (located) error step
             if qc.credit.startswith("exact_"):
-                err = batch.step_ok_GKT == 0
+                err = exact_err
             elif qc.credit == "random_step":  # a key of its own, from the state's: the same draws on resume
                 err = losses.random_step(jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1), batch.step_GKT, mask)
             else:  # the located step by the PRM's rewards or (the null) the sampler log-probs: the lowest
