@@ -283,6 +283,36 @@ def summarize(c, results: dict, walls: dict, base: str = "rloo") -> list[dict]:
     return rows
 
 
+def heldout_curves(root: str, seeds: dict[str, list[int]], base: str) -> list[dict]:
+    """Held-out greedy pass@1 during training (the loop's own evaluation every train.eval_every
+    steps, from each run's metrics.jsonl), the mean over a method's seeds at each evaluated step;
+    and the first evaluated step at which that mean reaches `base`'s final mean. Every method draws
+    the same rollouts per step (prompts x oversample x samples), so that step over the run's steps
+    is the share of base's rollouts it needed (the issue's "RLOO's final accuracy with at most 60%
+    of the rollouts")."""
+    curves = {}
+    for name, ss in seeds.items():
+        per_seed = []
+        for s in ss:
+            path = os.path.join(run_dir(root, name, s), "metrics.jsonl")
+            with open(path) as f:
+                rows = [json.loads(line) for line in f]
+            per_seed.append({r["step"]: r["eval_pass@1"] for r in rows if "eval_pass@1" in r})
+        steps = sorted(set.intersection(*(set(d) for d in per_seed)))
+        if steps:  # none: a run shorter than train.eval_every
+            curves[name] = {t: float(np.mean([d[t] for d in per_seed])) for t in steps}
+    target = curves[base][max(curves[base])] if base in curves else None
+    out = []
+    for name, cur in curves.items():
+        row = {"method": name, "seeds": len(seeds[name]), **{f"step {t}": f"{v:.3f}" for t, v in cur.items()}}
+        if target is not None and name != base:
+            hit = next((t for t, v in cur.items() if v >= target), None)
+            row[f"reaches {base}'s final {target:.3f}"] = (f"step {hit} ({hit / max(cur):.0%})" if hit is not None
+                                                            else "no")
+        out.append(row)
+    return out
+
+
 def _prm_cells(summary: dict) -> dict:
     """The seed-0 PRM columns present in one evaluation's summary (point values)."""
     n = next((k.split("_")[-1] for k in summary if k.startswith("prm/best_of_")), None)
@@ -290,6 +320,23 @@ def _prm_cells(summary: dict) -> dict:
              "PRM step AUROC": "prm/step_auroc", f"PRM best-of-{n}": f"prm/best_of_{n}", f"maj@{n}": f"maj@{n}",
              **{f"{k} ranking": f"{k}/ranking" for k in NULLS}}
     return {col: summary[key][0] for col, key in cells.items() if key in summary}
+
+
+def _during_section(during: list[dict], base: str) -> str:
+    from repirl_jax import evaluate as ev
+
+    if not during:
+        return ""
+    cols = list(dict.fromkeys(k for r in during for k in r))
+    return f"""
+## Held-out greedy pass@1 during training
+
+The loop's own held-out evaluation, mean over each method's seeds (a point estimate: per-problem
+results are kept only for the final policies above); the last column: the first evaluated step at
+which the mean reaches {base}'s final one, and that step's share of the run (= of {base}'s rollouts).
+
+{ev.markdown_table(during, cols)}
+"""
 
 
 def plot_bon(curves: dict, path: str, title: str) -> None:
@@ -313,7 +360,7 @@ def plot_bon(curves: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def write_results(args, c, rows, curves, n_test: int, root: str, missing=()) -> str:
+def write_results(args, c, rows, curves, n_test: int, root: str, missing=(), during=()) -> str:
     from repirl_jax import evaluate as ev
     from repirl_jax import prm_quality
 
@@ -370,7 +417,7 @@ not); PRM best-of-{N} against maj@{N} on the same samples; and the ranking of nu
 time: `loop.run` per seed on this machine, compiles included.
 
 {ev.markdown_table(rows, cols)}
-
+{_during_section(during, args.base)}
 ## Each PRM beside null scorers
 
 Same samples as above. Ranking with a 95% bootstrap CI over problems; AUROC within level: the mean over
@@ -448,8 +495,10 @@ def main(argv=None) -> int:
         res = {k: r for k, r in res.items() if r}
         curves = {v: done[v, 0][1] for v in variants if "bon_prm" in done.get((v, 0), (0, {}))[1]}
         missing = [f"{v} seed {s}" for v, s in todo if (v, s) not in done]
+        seeds = {v: [s for s in range(args.seeds) if (v, s) in done] for v in variants}
+        during = heldout_curves(root, {v: ss for v, ss in seeds.items() if ss}, args.base)
         return write_results(args, c, summarize(c, res, walls, args.base), curves, len(results["start"][0]["greedy"]), root,
-                             missing=missing)
+                             missing=missing, during=during)
 
     job = functools.partial(_train_and_evaluate, c, start, root, args.bon_samples, args.workers)
     if args.jobs <= 1:

@@ -7,9 +7,13 @@ policy lr 0) on groups of K' = 4 of those samples + the expert, and scored by th
 
   python -m benchmarks.prm_offline sample START OUTDIR
   python -m benchmarks.prm_offline train START OUTDIR NAME steps=300 prm.optim.lr=1e-5 ...
-      (key=val: the demo's rl config overrides, plus steps, K, G; OVR="rl.data.x=..." in the
+      (key=val: the demo's rl config overrides, plus steps, K, G, policy=DIR (the frozen policy
+       in the step when the rollouts came from another one than START, e.g. a trained run's
+       final/policy sampled with `sample DIR OUTDIR`) and init=FINAL_DIR (start from a trained
+       run's PRM, WORKDIR/final, instead of START's trunk); OVR="rl.data.x=..." in the
        environment overrides the demo config for both commands)
-steps=0 scores the untrained PRM. Prints one RESULT line per variant and writes OUTDIR/res_NAME.json.
+steps=0 scores the untrained PRM (with init=, that trained PRM) on OUTDIR's held-out samples.
+The PRM trunk always starts from START (the run's warm-up start), as in the loop. Prints one RESULT line per variant and writes OUTDIR/res_NAME.json.
 """
 import dataclasses
 import json
@@ -66,11 +70,13 @@ def train(start, out, name, args):
     n_steps = int(kv.pop("steps", 300))
     Ksub = int(kv.pop("K", 4))
     G = int(kv.pop("G", 8))
+    policy_dir, init = kv.pop("policy", start), kv.pop("init", "")
     c = apply_overrides(demo.default_config(), os.environ.get("OVR", "").split())
     rl = apply_overrides(c.rl, [f"{k}={v}" for k, v in kv.items()])
     _, (train_p, test) = demo._problems(c)
     train_p, test = train_p[:1024], test[:200]
-    pc, params = models.load(start)
+    pc, params = models.load(policy_dir)
+    _, trunk = models.load(start)
     tok = models.load_tokenizer(start)
     enc = prompts.encode(train_p, tok, rl.data.max_prompt_len)
     d = np.load(os.path.join(out, "train.npz"))
@@ -81,7 +87,13 @@ def train(start, out, name, args):
     pol = dataclasses.replace(rl.policy, optim=OptimConfig(lr=0.0))
     cfg = ts.StepConfig(pc, pc, rl.prm, pol)
     step = ts.make_train_step(cfg)
-    state = ts.init_state(cfg, params, jax.tree.map(jnp.copy, params), seed=0)
+    state = ts.init_state(cfg, params, trunk, seed=0)
+    if init:
+        loaded = eval_runner.PRMScorer.load(init, (pc, params))
+        if (loaded.form, loaded.scale) != (rl.prm.form, rl.prm.head_scale):
+            raise SystemExit(f"init={init}: a {loaded.form} PRM (head_scale {loaded.scale}); this run's prm.form is "
+                             f"{rl.prm.form} (head_scale {rl.prm.head_scale})")
+        state = dataclasses.replace(state, prm=loaded.params)
     experts = [tok(p.experts[0] + tok.eos_token, add_special_tokens=False)["input_ids"] for p in train_p]
     etoks, emask = sampling.pad_right(experts, T)
     labels = None

@@ -1,5 +1,6 @@
 """benchmarks/ablations.py: the summary statistics, refusals, and a toy-size sweep that resumes
 without redoing anything and labels its output as a toy run."""
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,26 @@ def test_summary_rows():
     assert (rows[1]["PRM step AUROC"], rows[1]["PRM best-of-16"], rows[1]["maj@16"]) == (0.9, 0.6, 0.55)
     assert (rows[1]["logprob ranking"], rows[1]["length ranking"], rows[1]["hash ranking"]) == (0.52, 0.61, 0.5)
     assert "PRM step AUROC" not in rows[0] and "hash ranking" not in rows[0]
+
+
+def test_heldout_curves_and_the_share_of_rollouts_to_reach_the_base(tmp_path):
+    """Means over seeds of the loop's held-out evaluations, and the first step reaching the base's
+    final mean (here rloo ends at 0.3; repirl's mean reaches it at step 20 of 40)."""
+    evals = {("rloo", 0): [0.1, 0.2, 0.2, 0.3], ("rloo", 1): [0.1, 0.1, 0.3, 0.3],
+             ("repirl", 0): [0.1, 0.3, 0.4, 0.4], ("repirl", 1): [0.2, 0.3, 0.2, 0.5]}
+    for (v, s), accs in evals.items():
+        d = tmp_path / v / f"seed{s}"
+        d.mkdir(parents=True)
+        lines = [{"step": t, "rollout_acc": 0.1} for t in range(1, 41)]
+        lines += [{"step": 10 * (i + 1), "eval_pass@1": a, "eval_n": 4} for i, a in enumerate(accs)]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    rows = ablations.heldout_curves(str(tmp_path), {"rloo": [0, 1], "repirl": [0, 1]}, "rloo")
+    assert rows[0] == {"method": "rloo", "seeds": 2, "step 10": "0.100", "step 20": "0.150", "step 30": "0.250",
+                       "step 40": "0.300"}
+    assert rows[1]["step 20"] == "0.300" and rows[1]["reaches rloo's final 0.300"] == "step 20 (50%)"
+    slow = ablations.heldout_curves(str(tmp_path), {"rloo": [0], "repirl": [0]}, "repirl")  # repirl seed 0 ends at 0.4
+    assert slow[0]["reaches repirl's final 0.400"] == "no"
+    assert "Held-out greedy pass@1 during training" in ablations._during_section(rows, "rloo")
 
 
 def test_only_smaller_sizes_make_a_toy_run():
