@@ -84,7 +84,8 @@ def train(start, out, name, args):
     tokens, mask, slp, ok = d["tokens"], d["mask"], d["slp"], d["ok"].astype(np.float32)
     T = tokens.shape[1]
     P = sampling.bucket(max(len(x) for x in enc.ids))
-    pol = dataclasses.replace(rl.policy, optim=OptimConfig(lr=0.0))
+    # the policy is frozen: its credit rule (which may need step indices) changes nothing
+    pol = dataclasses.replace(rl.policy, optim=OptimConfig(lr=0.0), credit="last")
     cfg = ts.StepConfig(pc, pc, rl.prm, pol)
     step = ts.make_train_step(cfg)
     state = ts.init_state(cfg, params, trunk, seed=0)
