@@ -66,6 +66,8 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "discriminator": (["prm.loss=discriminator"], "discriminator PRM (expert vs policy)"),
     "is_scope=batch": (["prm.is_scope=batch"], "one partition function for the whole batch (the old default)"),
     "no_importance_weights": (["prm.importance_weights=false"], "uniform weights over each prompt's negatives"),
+    "is_temperature=2": (["prm.is_temperature=2"], "flatter IS weights (log w / 2): the weights collapse to ESS ~1.5 of "
+                                                   "each prompt's negatives by step 300 while the reward gap grows"),
     "no_pseudo_experts": (["prm.pseudo_experts=false"], "correct rollouts not added to the positives"),
     "alpha_p=0.03": (["policy.alpha_p=0.03"], "rePIRL with a 3x weaker process reward"),
     "process_adv=token": (["policy.process_adv=token"], "token rewards minus the group baseline (the old default)"),

@@ -13,7 +13,8 @@ policy lr 0) on groups of K' = 4 of those samples + the expert, and scored by th
        run's PRM, WORKDIR/final, instead of START's trunk); OVR="rl.data.x=..." in the
        environment overrides the demo config for both commands)
 steps=0 scores the untrained PRM (with init=, that trained PRM) on OUTDIR's held-out samples.
-The PRM trunk always starts from START (the run's warm-up start), as in the loop. Prints one RESULT line per variant and writes OUTDIR/res_NAME.json.
+The PRM trunk always starts from START (the run's warm-up start), as in the loop.
+Prints one RESULT line per variant and writes OUTDIR/res_NAME.json.
 """
 import dataclasses
 import json
