@@ -4,7 +4,8 @@
 # real dual step on rollouts of that run's policy, every scorer ranking the same held-out samples.
 #   benchmarks/oracle_ceiling.sh SWEEP_ROOT [VARIANT] [OUT]
 # SWEEP_ROOT: an ablation sweep's runs/ablations/<hash> (its start/ and VARIANT/seed0/final/).
-# About 60 min on the 2-core machine (sampling 10, each 200 updates ~10, 600 updates ~25).
+# Time on the 2-core machine: sampling ~10 min; then inloop + untrained + oracle200 took 7 min (nothing
+# else running), oracle600 and repirl200 about 10 and 4 more.
 set -euo pipefail
 R=$1; V=${2:-repirl}; O=${3:-runs/oracle_ceiling}
 mkdir -p "$O"
