@@ -292,14 +292,12 @@ def heldout_curves(root: str, seeds: dict[str, list[int]], base: str) -> list[di
     the same rollouts per step (prompts x oversample x samples), so that step over the run's steps
     is the share of base's rollouts it needed (the issue's "RLOO's final accuracy with at most 60%
     of the rollouts")."""
+    from repirl_jax.plots import read_metrics
+
     curves = {}
     for name, ss in seeds.items():
-        per_seed = []
-        for s in ss:
-            path = os.path.join(run_dir(root, name, s), "metrics.jsonl")
-            with open(path) as f:
-                rows = [json.loads(line) for line in f]
-            per_seed.append({r["step"]: r["eval_pass@1"] for r in rows if "eval_pass@1" in r})
+        per_seed = [{r["step"]: r["eval_pass@1"] for r in read_metrics(run_dir(root, name, s)) if "eval_pass@1" in r}
+                    for s in ss]
         steps = sorted(set.intersection(*(set(d) for d in per_seed)))
         if steps:  # none: a run shorter than train.eval_every
             curves[name] = {t: float(np.mean([d[t] for d in per_seed])) for t in steps}
