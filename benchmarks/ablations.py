@@ -68,6 +68,12 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "no_importance_weights": (["prm.importance_weights=false"], "uniform weights over each prompt's negatives"),
     "is_temperature=2": (["prm.is_temperature=2"], "flatter IS weights (log w / 2): the weights collapse to ESS ~1.5 of "
                                                    "each prompt's negatives by step 300 while the reward gap grows"),
+    "is_base=policy": (["prm.is_base=policy"],
+                       "base measure pi_old (log w = E): E then estimates log p_pos / pi_old, monotone in "
+                       "P(correct | tau), and the weights go to each prompt's likely failures, not its rarest"),
+    "is_base=policy_c0": (["prm.is_base=policy", "prm.logprob_init=0"],
+                          "is_base=policy with E starting at 0 (c = 0: uniform weights at the start, as a "
+                          "density ratio starts)"),
     "no_pseudo_experts": (["prm.pseudo_experts=false"], "correct rollouts not added to the positives"),
     "alpha_p=0.03": (["policy.alpha_p=0.03"], "rePIRL with a 3x weaker process reward"),
     "process_adv=token": (["policy.process_adv=token"], "token rewards minus the group baseline (the old default)"),
