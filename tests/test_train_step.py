@@ -308,3 +308,24 @@ def test_error_credit_stops_a_failed_rollouts_outcome_credit_at_its_error_step(c
     for rule in ("", "first_"):
         assert float(m[f"logprob_{rule}locate_acc"]) == 1.0
         assert (float(m[f"prm_{rule}locate_acc"]) == 0.0) if loss == "frozen" else (f"prm_{rule}locate_acc" not in m)
+
+
+@pytest.mark.parametrize("base", ["uniform", "policy"])
+def test_is_base_sets_the_log_weights(base):
+    """prm.is_base: uniform base measure, log w_j = s_j - log pi_old(tau_j) (ALGORITHM.md section 3);
+    policy base (the EBM p(tau | x) = pi_old(tau | x) exp(E) / Z(x)), log w_j = s_j: the weights
+    then ignore how likely the sampler made each failure. Checked against softmax over each
+    prompt's failed rollouts computed here in numpy."""
+    rng = np.random.RandomState(3)
+    b = synthetic_batch(rng, G=3, K=4, E=2, T=6)
+    b.rollout_mask_GKT = np.ones_like(b.rollout_mask_GKT)
+    b.outcome_GK = np.array([[1, 0, 0, 0], [0, 1, 0, 1], [1, 0, 1, 0]], np.float32)
+    b.sampler_logp_GKT = rng.randn(3, 4, 6).astype(np.float32)
+    s = rng.randn(3, 4).astype(np.float32)
+    _, _, sets = ts.trajectory_loss_terms(PRMConfig(is_base=base), b, s)
+    log_w = s - (b.sampler_logp_GKT.sum(-1) if base == "uniform" else 0.0)
+    for g in range(3):
+        neg = b.outcome_GK[g] < 0.5
+        w = np.exp(log_w[g][neg] - log_w[g][neg].max())
+        np.testing.assert_allclose(np.asarray(sets["w_hat"])[g][neg], w / w.sum(), rtol=1e-5)
+        assert np.all(np.asarray(sets["w_hat"])[g][~neg] == 0)
