@@ -74,6 +74,9 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "is_base=policy_c0": (["prm.is_base=policy", "prm.logprob_init=0"],
                           "is_base=policy with E starting at 0 (c = 0: uniform weights at the start, as a "
                           "density ratio starts)"),
+    "negatives=all": (["prm.negatives=all"],
+                      "proposal set = all of a prompt's rollouts (the plain IS estimate of Z(x)): a correct rollout is "
+                      "in both sets, so the loss is bounded below where the default's gap can grow without end"),
     "no_pseudo_experts": (["prm.pseudo_experts=false"], "correct rollouts not added to the positives"),
     "alpha_p=0.03": (["policy.alpha_p=0.03"], "rePIRL with a 3x weaker process reward"),
     "process_adv=token": (["policy.process_adv=token"], "token rewards minus the group baseline (the old default)"),
