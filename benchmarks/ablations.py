@@ -75,6 +75,9 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "is_base=policy_c0": (["prm.is_base=policy", "prm.logprob_init=0"],
                           "is_base=policy with E starting at 0 (c = 0: uniform weights at the start, as a "
                           "density ratio starts)"),
+    "trunk_loss=sft": (["prm.trunk_loss=sft"],
+                       "the PRM trunk (the normalised factor p_trunk of E = c log p_trunk + H) trained by its exact "
+                       "max-likelihood gradient, SFT on the positives; the head (w, b, c) by the rePIRL loss"),
     "negatives=all": (["prm.negatives=all"],
                       "proposal set = all of a prompt's rollouts (the plain IS estimate of Z(x)): a correct rollout is "
                       "in both sets, so the loss is bounded below where the default's gap can grow without end"),

@@ -122,6 +122,11 @@ class PRMConfig:
     head_scale: float = 1.0  # [ours] head forms: r = head_scale * (w . h + b) (+ c log p), a head lr multiplier under Adam
     logprob_init: float = 0.0  # [ours] head_logprob: c at init; 1 starts R at the trunk's log-likelihood (prm.py)
     trunk_lr_scale: float = 1.0  # [ours] head forms: the trunk's updates times this (0 freezes it: a probe on the trunk)
+    # [ours] head_logprob's trunk: repirl (it follows the PRM loss, as the head does) | sft (the energy
+    # E = c log p_trunk + H has a normalised factor p_trunk: the trunk takes its exact max-likelihood
+    # gradient on the positive set, i.e. SFT on experts and correct rollouts, and the head (w, b, c) the
+    # PRM loss; exact for the trunk while H = 0 and c = 1, since E_{p_trunk}[grad log p_trunk] = 0)
+    trunk_loss: str = "repirl"
     minibatches: int = 1  # PRM updates per step (groups split evenly)
     microbatches: int = 1  # gradient accumulation inside a minibatch
     optim: OptimConfig = OptimConfig(lr=3e-8, grad_clip=10.0)
@@ -138,6 +143,9 @@ class PRMConfig:
         _check(self, "beta", self.beta > 0, "must be > 0")
         _check(self, "head_scale", self.head_scale > 0, "must be > 0")
         _check(self, "trunk_lr_scale", self.trunk_lr_scale >= 0, "must be >= 0")
+        _check(self, "trunk_loss", self.trunk_loss in ("repirl", "sft"), "expected repirl | sft")
+        _check(self, "trunk_loss", self.trunk_loss == "repirl" or self.form == "head_logprob",
+               f"sft needs prm.form=head_logprob (the form with the trunk's log-prob), not {self.form!r}")
         _check(self, "minibatches", self.minibatches >= 1, "must be >= 1")
         _check(self, "microbatches", self.microbatches >= 1, "must be >= 1")
 

@@ -89,16 +89,36 @@ def response_logprobs(cfg: ModelConfig, params: dict, seqs: Seqs, layout=None, c
     return token_logprobs(h if temperature == 1.0 else h / temperature, w, seqs.tokens[:, seqs.P:], chunk)
 
 
-def _head_rewards(cfg, trunk, head, seqs, layout, chunk: int = 0, scale: float = 1.0):
+def _head_parts(cfg, trunk, head, seqs, layout, chunk: int = 0):
+    """The trunk's response hidden states h [B, T, D] and (head_logprob) token log-probs log p_trunk [B, T]."""
     h_BLD, _ = transformer.hidden_states(cfg, trunk, seqs.tokens, positions_BL=seqs.positions,
                                          valid_BS=seqs.valid, layout=layout)
-    r = jnp.einsum("btd,d->bt", h_BLD[:, seqs.P:].astype(jnp.float32), head["w"]) + head["b"]
-    r = r if scale == 1.0 else scale * r
-    if "c" in head:  # head_logprob: + c log p_trunk(a_t | s_t), from the position before a_t
+    lp = None
+    if "c" in head:  # log p_trunk(a_t | s_t), from the position before a_t
         w = trunk["embed"] if cfg.tie_word_embeddings else trunk["lm_head"]
         lp, _ = token_logprobs(h_BLD[:, seqs.P - 1:-1], w, seqs.tokens[:, seqs.P:], chunk)
-        r = r + head["c"] * lp
-    return r
+    return h_BLD[:, seqs.P:], lp
+
+
+def _head_combine(head, h_BTD, lp_BT, scale: float = 1.0):
+    """r_t = scale (w . h_t + b) (+ c log p_trunk(a_t | s_t) for head_logprob)."""
+    r = jnp.einsum("btd,d->bt", h_BTD.astype(jnp.float32), head["w"]) + head["b"]
+    r = r if scale == 1.0 else scale * r
+    return r if lp_BT is None else r + head["c"] * lp_BT
+
+
+def _head_rewards(cfg, trunk, head, seqs, layout, chunk: int = 0, scale: float = 1.0):
+    return _head_combine(head, *_head_parts(cfg, trunk, head, seqs, layout, chunk), scale)
+
+
+def head_rewards_split(prm_cfg: ModelConfig, prm_params: dict, seqs: Seqs, layout=None, chunk: int = 0,
+                       head_scale: float = 1.0):
+    """head_logprob for prm.trunk_loss=sft, from one trunk forward: (r [B, T], the same token rewards
+    with the trunk's outputs stop-gradiented, so a loss on r trains the head (w, b, c) alone; lp [B, T],
+    log p_trunk(a_t | s_t) with its gradient, for the trunk's own likelihood loss)."""
+    h, lp = _head_parts(prm_cfg, prm_params["trunk"], prm_params["head"], seqs, layout, chunk)
+    sg = jax.lax.stop_gradient
+    return _head_combine(prm_params["head"], sg(h), sg(lp), head_scale), lp
 
 
 def token_rewards(form: str, beta: float, prm_cfg: ModelConfig, policy_cfg: ModelConfig, prm_params: dict,

@@ -235,32 +235,45 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         n_micro = pc.microbatches
         arrays = (mb.prompt_GP, mb.prompt_mask_GP, resp, resp_mask)
 
-        def score(params, piece):
-            """token rewards [B, T], scores s and returns R [groups, K + E] of one microbatch."""
+        sft_trunk = pc.trunk_loss == "sft"
+
+        def score(params, piece, split=False):
+            """token rewards [B, T], the trunk's token log-probs when split (trunk_loss=sft; else None),
+            scores s and returns R [groups, K + E] of one microbatch."""
             seqs = prm.build_seqs(*piece)
-            r_BT = rewards(params, policy_params, ref, seqs)
+            if split:
+                r_BT, lp_BT = prm.head_rewards_split(prm_cfg, params, seqs, layout, qc.logit_chunk, pc.head_scale)
+            else:
+                r_BT, lp_BT = rewards(params, policy_params, ref, seqs), None
             m = piece[3].reshape(-1, T)
             s = losses.trajectory_scores(r_BT, m, pc.score).reshape(-1, K + E)
-            return r_BT, s, losses.masked_sum(r_BT, m, axis=-1).reshape(-1, K + E)
+            return r_BT, lp_BT, s, losses.masked_sum(r_BT, m, axis=-1).reshape(-1, K + E)
 
-        s_GN, R_GN = map_pieces(lambda piece: score(prm_params, piece)[1:], arrays, n_micro)
+        s_GN, R_GN = map_pieces(lambda piece: score(prm_params, piece)[2:], arrays, n_micro)
         s_roll = s_GN[:, :K]
         traj_loss, consts, sets = trajectory_loss_terms(pc, mb, s_roll)
         n_tokens = jnp.maximum(jnp.sum(resp_mask), 1)
         labels = (jnp.concatenate([mb.step_ok_GKT, jnp.ones(mb.expert_GET.shape)], 1) if pc.loss == "oracle"
                   else jnp.zeros(resp_mask.shape[:2]))  # a placeholder the other losses ignore
 
+        # trunk_loss=sft: the trunk's loss is the mean token NLL over the positive set (experts, and the
+        # correct rollouts when they are pseudo-experts), normalised over the whole minibatch
+        pos_rows = jnp.concatenate([sets["pos_roll"], sets["expert"]], axis=1).astype(jnp.float32)
+        n_pos_tokens = jnp.maximum(jnp.sum(resp_mask * pos_rows[..., None]), 1)
+
         def loss_fn(params, piece):
-            *seq_piece, c, y = piece
-            r_BT, s, R = score(params, seq_piece)
+            *seq_piece, c, y, pos = piece
+            r_BT, lp_BT, s, R = score(params, seq_piece, split=sft_trunk)
             m = seq_piece[3].reshape(-1, T).astype(bool)
             B = m.shape[0]
             y = y.reshape(B, T) if pc.loss == "oracle" else y.reshape(B)
             l = jnp.sum(traj_loss(s.reshape(B), R.reshape(B), r_BT, m, c.reshape(B, *c.shape[2:]), y))
             l2 = pc.reward_l2 * losses.masked_sum(jnp.square(r_BT), m) / n_tokens
+            if lp_BT is not None:
+                l = l - losses.masked_sum(lp_BT * pos.reshape(B, 1), m) / n_pos_tokens
             return l + l2, ()
 
-        pieces = tuple(split(x, n_micro) for x in (*arrays, consts, labels))
+        pieces = tuple(split(x, n_micro) for x in (*arrays, consts, labels, pos_rows))
         loss, grads, _ = _accumulate(loss_fn, prm_params, pieces, n_micro)
         updates, opt_state = prm_opt.update(grads, opt_state, prm_params)
         if "trunk" in updates and pc.trunk_lr_scale != 1.0:  # Adam is gradient-scale invariant: scale the update

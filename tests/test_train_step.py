@@ -329,3 +329,65 @@ def test_is_base_sets_the_log_weights(base):
         w = np.exp(log_w[g][neg] - log_w[g][neg].max())
         np.testing.assert_allclose(np.asarray(sets["w_hat"])[g][neg], w / w.sum(), rtol=1e-5)
         assert np.all(np.asarray(sets["w_hat"])[g][~neg] == 0)
+
+
+def test_head_rewards_split_routes_gradients():
+    """prm.head_rewards_split: the same token rewards as the head_logprob form, with no trunk
+    gradient through them, and the trunk's token log-probs with no head gradient."""
+    rng = np.random.RandomState(0)
+    b = synthetic_batch(rng, G=2, K=2, E=2, T=6)
+    seqs = prm.build_seqs(b.prompt_GP, b.prompt_mask_GP, b.rollout_GKT, b.rollout_mask_GKT)
+    params = prm.init_params("head_logprob", CFG, fresh_params(1), logprob_init=1.0)
+    params["head"]["w"] = jax.numpy.asarray(rng.randn(CFG.hidden_size).astype(np.float32))
+    r, lp = prm.head_rewards_split(CFG, params, seqs)
+    np.testing.assert_allclose(r, prm.token_rewards("head_logprob", 0.05, CFG, CFG, params, None, None, seqs), atol=1e-6)
+    np.testing.assert_allclose(lp, prm.response_logprobs(CFG, params["trunk"], seqs)[0], atol=1e-6)
+    g_r = jax.grad(lambda p: jax.numpy.sum(prm.head_rewards_split(CFG, p, seqs)[0]))(params)
+    g_lp = jax.grad(lambda p: jax.numpy.sum(prm.head_rewards_split(CFG, p, seqs)[1]))(params)
+    assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(g_r["trunk"]))
+    assert all(np.any(np.asarray(x)) for x in jax.tree.leaves(g_r["head"]))
+    assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(g_lp["head"]))
+    assert np.any(np.asarray(g_lp["trunk"]["embed"]))
+
+
+def test_trunk_loss_sft_trains_the_trunk_on_the_positives_and_the_head_on_the_prm_loss():
+    """prm.trunk_loss=sft: the trunk's update is the SFT step on the positive set (experts and correct
+    rollouts, mean token NLL), the head's the rePIRL loss's, as with trunk_loss=repirl. Adam with a huge
+    eps makes the first update -lr g / eps, linear in the gradient, so updates compare as gradients."""
+    rng = np.random.RandomState(2)
+    b = synthetic_batch(rng, G=2, K=4, E=2, T=6)
+    b.outcome_GK = np.array([[1, 0, 0, 1], [0, 1, 0, 0]], np.float32)
+    lr, eps = 1e-3, 1e3
+    opt = OptimConfig(lr=lr, eps=eps, grad_clip=1e12)
+    states = {}
+    for tl in ("repirl", "sft"):
+        cfg = ts.StepConfig(CFG, CFG, PRMConfig(form="head_logprob", logprob_init=1.0, score="sum", trunk_loss=tl,
+                                                minibatches=1, microbatches=2, optim=opt),
+                            PolicyConfig(optim=OptimConfig(lr=0.0)))
+        trunk0 = fresh_params(1)
+        states[tl], _ = ts.make_train_step(cfg)(ts.init_state(cfg, fresh_params(0), trunk0), b)
+    # the head: the same rePIRL gradient either way
+    for k in ("w", "b", "c"):
+        np.testing.assert_allclose(states["sft"].prm["head"][k], states["repirl"].prm["head"][k], rtol=1e-4, atol=1e-9)
+    # the trunk: -lr * grad(SFT on the positives) / eps
+    pos = np.concatenate([b.outcome_GK > 0.5, b.expert_mask_GET.any(-1)], 1)
+    resp = np.concatenate([b.rollout_GKT, b.expert_GET], 1)
+    rmask = np.concatenate([b.rollout_mask_GKT, b.expert_mask_GET], 1)
+    seqs = prm.build_seqs(b.prompt_GP, b.prompt_mask_GP, resp, rmask)
+    m = (rmask & pos[..., None]).reshape(-1, 6)
+
+    def sft(trunk):
+        lp, _ = prm.response_logprobs(CFG, trunk, seqs)
+        return -jax.numpy.sum(lp * m) / m.sum()
+
+    g = jax.grad(sft)(fresh_params(1))
+    want = jax.tree.map(lambda p, gg: p - lr * gg / (np.abs(gg) + eps), fresh_params(1), g)
+    for a, w in zip(jax.tree.leaves(states["sft"].prm["trunk"]), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, w, rtol=0, atol=1e-9)
+    assert not trees_equal(states["sft"].prm["trunk"], states["repirl"].prm["trunk"])
+
+
+def test_trunk_loss_sft_needs_head_logprob():
+    from repirl_jax.config import ConfigError
+    with pytest.raises(ConfigError, match="trunk_loss.*head_logprob"):
+        PRMConfig(form="head", trunk_loss="sft")
