@@ -19,3 +19,5 @@ run untrained steps=0 $P                          # null: the PRM at init (the s
 run oracle200 steps=200 $P prm.loss=oracle
 run oracle600 steps=600 $P prm.loss=oracle
 run repirl200 steps=200 $P                        # rePIRL's loss on the oracle's fixed data
+# the expert-likelihood PRM: the start fine-tuned on the clean expert solutions alone (no failures, no labels)
+$PY -m benchmarks.sft_prm "$R/start" "$O" --steps 200,600 2>&1 | grep RESULT
