@@ -46,8 +46,8 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     # RLOO and the exact-label variants have no PRM to locate errors with: their credit is "last"
     "rloo": (["prm.loss=none", "policy.credit=last"], "plain outcome RLOO, no PRM"),
     "repirl": ([], "rePIRL: head_logprob PRM started at the trunk's log-likelihood, per-prompt IS weights, "
-                   "pseudo-experts; the policy's outcome credit on the failing step its PRM locates, no process "
-                   "reward (the demo's)"),
+                   "pseudo-experts, the trunk on its exact likelihood gradient (trunk_loss=sft); the policy's "
+                   "outcome credit on the failing step its PRM locates, no process reward (the demo's)"),
     "head_zero_init": (["prm.form=head", "prm.score=mean", "prm.optim.lr=1e-3", "prm.head_scale=10"],
                        "the paper's head: zero-initialised, mean score (the previous demo's PRM)"),
     "logprob_init=0": (["prm.logprob_init=0"], "head_logprob with c starting at 0 (R starts at 0, IS weights on 1/pi)"),
@@ -75,9 +75,9 @@ VARIANTS = {  # name -> (overrides of the demo's RL config, what it tests)
     "is_base=policy_c0": (["prm.is_base=policy", "prm.logprob_init=0"],
                           "is_base=policy with E starting at 0 (c = 0: uniform weights at the start, as a "
                           "density ratio starts)"),
-    "trunk_loss=sft": (["prm.trunk_loss=sft"],
-                       "the PRM trunk (the normalised factor p_trunk of E = c log p_trunk + H) trained by its exact "
-                       "max-likelihood gradient, SFT on the positives; the head (w, b, c) by the rePIRL loss"),
+    "trunk_loss=repirl": (["prm.trunk_loss=repirl"],
+                          "the PRM trunk on the rePIRL loss's importance-sampled gradient, as the head (the demo "
+                          "default until 2026-12-07)"),
     "negatives=all": (["prm.negatives=all"],
                       "proposal set = all of a prompt's rollouts (the plain IS estimate of Z(x)): a correct rollout is "
                       "in both sets, so the loss is bounded below where the default's gap can grow without end"),
