@@ -277,8 +277,8 @@ def summarize(c, results: dict, walls: dict, base: str = "rloo") -> list[dict]:
         x = np.array([r["greedy"] for r in runs])
         what = " ".join(VARIANTS[name][0]) if name in VARIANTS else "(warm-up only)"
         if name == "repirl":
-            what = (f"(demo default: prm.form={c.rl.prm.form}, policy.alpha_p={c.rl.policy.alpha_p}, "
-                    f"policy.credit={c.rl.policy.credit})")
+            what = (f"(demo default: prm.form={c.rl.prm.form}, prm.trunk_loss={c.rl.prm.trunk_loss}, "
+                    f"policy.alpha_p={c.rl.policy.alpha_p}, policy.credit={c.rl.policy.credit})")
         row = {"method": name, "overrides": what,
                "seeds": len(runs),
                "held-out pass@1 (greedy) [95% CI]": ev.format_ci(*compare.seeds_problems_bootstrap(x))}

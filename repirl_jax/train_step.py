@@ -237,11 +237,11 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
 
         sft_trunk = pc.trunk_loss == "sft"
 
-        def score(params, piece, split=False):
-            """token rewards [B, T], the trunk's token log-probs when split (trunk_loss=sft; else None),
+        def score(params, piece, sft=False):
+            """token rewards [B, T], the trunk's token log-probs when sft (trunk_loss=sft; else None),
             scores s and returns R [groups, K + E] of one microbatch."""
             seqs = prm.build_seqs(*piece)
-            if split:
+            if sft:
                 r_BT, lp_BT = prm.head_rewards_split(prm_cfg, params, seqs, layout, qc.logit_chunk, pc.head_scale)
             else:
                 r_BT, lp_BT = rewards(params, policy_params, ref, seqs), None
@@ -256,14 +256,16 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         labels = (jnp.concatenate([mb.step_ok_GKT, jnp.ones(mb.expert_GET.shape)], 1) if pc.loss == "oracle"
                   else jnp.zeros(resp_mask.shape[:2]))  # a placeholder the other losses ignore
 
-        # trunk_loss=sft: the trunk's loss is the mean token NLL over the positive set (experts, and the
-        # correct rollouts when they are pseudo-experts), normalised over the whole minibatch
+        # trunk_loss=sft: L = L_prm(r with the trunk's outputs stop-gradiented) + L_trunk,
+        #   L_trunk = - sum_{b in P} sum_t m_bt log p_trunk(a_bt | s_bt) / sum_{b in P} sum_t m_bt,
+        # P = the positive set (experts, and the correct rollouts when they are pseudo-experts), the
+        # token count taken over the whole minibatch so that microbatches add up to it
         pos_rows = jnp.concatenate([sets["pos_roll"], sets["expert"]], axis=1).astype(jnp.float32)
         n_pos_tokens = jnp.maximum(jnp.sum(resp_mask * pos_rows[..., None]), 1)
 
         def loss_fn(params, piece):
             *seq_piece, c, y, pos = piece
-            r_BT, lp_BT, s, R = score(params, seq_piece, split=sft_trunk)
+            r_BT, lp_BT, s, R = score(params, seq_piece, sft=sft_trunk)
             m = seq_piece[3].reshape(-1, T).astype(bool)
             B = m.shape[0]
             y = y.reshape(B, T) if pc.loss == "oracle" else y.reshape(B)

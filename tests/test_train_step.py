@@ -58,8 +58,10 @@ def run_steps(cfg, layout, batches):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("form,loss,score", [("head", "repirl", "sum"), ("implicit", "prime", "mean")])
-def test_sharded_step_equals_single_device(form, loss, score):
+@pytest.mark.parametrize("form,loss,score,trunk_loss", [("head", "repirl", "sum", "repirl"),
+                                                        ("implicit", "prime", "mean", "repirl"),
+                                                        ("head_logprob", "repirl", "sum", "sft")])
+def test_sharded_step_equals_single_device(form, loss, score, trunk_loss):
     """On the (2,2,2) and (1,2,4) meshes (one single-device reference for both), every step's losses
     and gradient norms agree to 1e-4; the params after 3 steps to 1e-5.
 
@@ -73,9 +75,9 @@ def test_sharded_step_equals_single_device(form, loss, score):
     embedding element of a rare token still moved 1.4e-5). The paper's rates are 5e-7 / 3e-8."""
     rng = np.random.RandomState(0)
     batches = [synthetic_batch(rng) for _ in range(3)]
-    cfg = step_config(lr=1e-4, eps=1e-6, form=form, loss=loss, score=score)
+    cfg = step_config(lr=1e-4, eps=1e-6, form=form, loss=loss, score=score, trunk_loss=trunk_loss)
     want, want_m, _ = run_steps(cfg, None, batches)
-    for shape in [(2, 2, 2), (1, 2, 4)]:
+    for shape in [(2, 2, 2)] + ([(1, 2, 4)] if trunk_loss == "repirl" else []):  # sft: the trunk's paths, one mesh
         layout = Layout.from_config(MeshConfig(shape=shape))
         got, got_m, step = run_steps(cfg, layout, batches)
         assert step.traces() == 1
@@ -92,11 +94,12 @@ def test_sharded_step_equals_single_device(form, loss, score):
                                                ("shared", "repirl", 1.0), ("head", "discriminator", 1.0),
                                                ("implicit", "prime", 1.0), ("head", "repirl", 0.0),
                                                ("head_logprob", "repirl", 1.0), ("head", "orm", 1.0),
-                                               ("head", "oracle", 1.0)])
+                                               ("head", "oracle", 1.0), ("head_logprob+sft", "repirl", 1.0)])
 def test_every_variant_steps_without_nan_or_retrace(form, loss, alpha_o):
     """alpha_o = 0: PRM-only reward plus the format reward (test-time-training style)."""
     rng = np.random.RandomState(1)
-    cfg = step_config(form=form, loss=loss, is_scope="prompt", is_clip=2.0, reward_l2=0.01)
+    form, trunk_loss = (form.split("+") + ["repirl"])[:2]
+    cfg = step_config(form=form, loss=loss, is_scope="prompt", is_clip=2.0, reward_l2=0.01, trunk_loss=trunk_loss)
     cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, alpha_o=alpha_o, estimator="grpo"
                                                               if alpha_o == 0 else "rloo"))
     batches = [synthetic_batch(rng) for _ in range(3)]
