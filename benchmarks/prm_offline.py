@@ -62,7 +62,6 @@ def train(start, out, name, args):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import pickle
     from repirl_jax import demo, eval_runner, models, sampling, steps as steps_mod
     from repirl_jax import train_step as ts
     from repirl_jax.config import OptimConfig, apply_overrides
@@ -126,22 +125,49 @@ def train(start, out, name, args):
             print(it + 1, {k: round(float(np.nanmean([x[k] for x in h])), 3) for k in h[0]},
                   "c", float(state.prm["head"]["c"]) if "c" in state.prm.get("head", {}) else None,
                   round(time.time() - t0), flush=True)
-    with open(os.path.join(out, "test.pkl"), "rb") as f:
-        g, s = pickle.load(f)
-    tenc = prompts.encode(test, tok, rl.data.max_prompt_len)
     scorer = eval_runner.PRMScorer(rl.prm.form, rl.prm.beta, pc, jax.device_get(state.prm), scale=rl.prm.head_scale)
-    rew = eval_runner._token_rewards(scorer, tenc.ids, s, 16, 50)
+    held = HeldOut(out, test, tok, rl.data.max_prompt_len)
+    rew = held.rewards(scorer)
     np.save(os.path.join(out, f"rew_{name}.npy"), rew)
-    step_of = [steps_mod.token_steps(tok, t[mm]) for t, mm in zip(s.tokens, s.mask)]
-    rep = eval_runner.report(test, g, s, rew, step_of)
-    sm = rep.summary
-    keys = ["lucky_rate", "prm/ranking", "prm/step_auroc", "prm/fws_f1", "prm_best_of_16", "prm_min/best_of_16", "prm_last/best_of_16",
-            "maj@16", "avg@16", "logprob/ranking", "logprob/best_of_16", "logprob/step_auroc"]
-    res = {k: round(sm[k][0], 3) for k in keys if k in sm}
-    print("RESULT", name, json.dumps(res), flush=True)
-    with open(os.path.join(out, f"res_{name}.json"), "w") as f:
-        json.dump({"args": args, "res": res, "curves": rep.curves}, f)
+    held.result(name, rew, args)
 
+
+KEYS = ["lucky_rate", "prm/ranking", "prm/step_auroc", "prm/fws_f1", "prm_best_of_16", "prm_min/best_of_16",
+        "prm_last/best_of_16", "maj@16", "avg@16", "logprob/ranking", "logprob/best_of_16", "logprob/step_auroc"]
+
+
+class HeldOut:
+    """The held-out samples `sample` cached in OUTDIR (greedy and 16 T=1 samples of each of `test`,
+    the first 200 held-out problems), ready to score: every scorer of a benchmark here goes
+    through the one evaluation (`eval_runner.report`) on the same samples."""
+
+    def __init__(self, out, test, tok, max_prompt_len):
+        import pickle
+        from repirl_jax import steps as steps_mod
+        from repirl_jax.data import prompts
+        with open(os.path.join(out, "test.pkl"), "rb") as f:
+            self.greedy, self.sampled = pickle.load(f)
+        self.out, self.test = out, test
+        self.prompt_ids = prompts.encode(test, tok, max_prompt_len).ids
+        self.step_of = [steps_mod.token_steps(tok, t[m]) for t, m in zip(self.sampled.tokens, self.sampled.mask)]
+
+    def rewards(self, scorer):
+        """[200 * 16, T] token rewards of the cached samples under `scorer` (an eval_runner.PRMScorer)."""
+        from repirl_jax import eval_runner
+        return eval_runner._token_rewards(scorer, self.prompt_ids, self.sampled, 16, 50)
+
+    def report(self, rewards):
+        from repirl_jax import eval_runner
+        return eval_runner.report(self.test, self.greedy, self.sampled, rewards, self.step_of)
+
+    def result(self, name, rewards, args) -> dict:
+        """Prints `RESULT name {KEYS}` and writes OUTDIR/res_NAME.json (with the best-of-n curves)."""
+        rep = self.report(rewards)
+        res = {k: round(rep.summary[k][0], 3) for k in KEYS if k in rep.summary}
+        print("RESULT", name, json.dumps(res), flush=True)
+        with open(os.path.join(self.out, f"res_{name}.json"), "w") as f:
+            json.dump({"args": args, "res": res, "curves": rep.curves}, f)
+        return res
 
 if __name__ == "__main__":
     if sys.argv[1] == "sample":

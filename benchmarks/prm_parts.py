@@ -10,7 +10,6 @@ c, b and |w| and one RESULT line per part.
 import dataclasses
 import json
 import os
-import pickle
 import sys
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -18,18 +17,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 def main(final, start, out):
     import jax.numpy as jnp
-    from repirl_jax import demo, eval_runner, models, steps as steps_mod
+    from benchmarks.prm_offline import HeldOut
+    from repirl_jax import demo, eval_runner, models
     from repirl_jax.config import apply_overrides
-    from repirl_jax.data import prompts
 
     c = apply_overrides(demo.default_config(), os.environ.get("OVR", "").split())
     _, (_, test) = demo._problems(c)
-    test = test[:200]  # as benchmarks.prm_offline sample
-    tok = models.load_tokenizer(start)
-    with open(os.path.join(out, "test.pkl"), "rb") as f:
-        g, s = pickle.load(f)
-    tenc = prompts.encode(test, tok, c.rl.data.max_prompt_len)
-    step_of = [steps_mod.token_steps(tok, t[m]) for t, m in zip(s.tokens, s.mask)]
+    held = HeldOut(out, test[:200], models.load_tokenizer(start), c.rl.data.max_prompt_len)
     sc = eval_runner.PRMScorer.load(final)
     if sc.form != "head_logprob":
         raise SystemExit(f"{final}: a {sc.form} PRM; the parts are those of head_logprob")
@@ -39,8 +33,7 @@ def main(final, start, out):
              "trunk_only": {"trunk": trunk, "head": {"w": 0 * h["w"], "b": 0 * h["b"], "c": jnp.float32(1.0)}},
              "head_only": {"trunk": trunk, "head": {"w": h["w"], "b": h["b"], "c": jnp.float32(0.0)}}}
     for name, params in parts.items():
-        rew = eval_runner._token_rewards(dataclasses.replace(sc, params=params), tenc.ids, s, 16, 50)
-        sm = eval_runner.report(test, g, s, rew, step_of).summary
+        sm = held.report(held.rewards(dataclasses.replace(sc, params=params))).summary
         keys = ["prm/ranking", "prm/step_auroc", "prm/fws_f1", "prm_best_of_16", "prm_min/best_of_16", "maj@16"]
         print("RESULT", name, json.dumps({k: round(sm[k][0], 3) for k in keys}), flush=True)
 
