@@ -199,11 +199,13 @@ class ModelSource:
     prm_head: str = ""  # a trained head (WORKDIR/final/prm_head.npz); "" = zero-initialised
     dtype: str = "float32"
     remat: str = "none"
+    layer_unroll: int = 1  # models.ModelConfig.layer_unroll: unroll the layer scan of training passes
     tiny_layers: int = 2
     tiny_width: int = 64
 
     def __post_init__(self):
         _check(self, "dtype", self.dtype in ("float32", "bfloat16"), "expected float32 | bfloat16")
+        _check(self, "layer_unroll", self.layer_unroll >= 1, "must be >= 1 (1 = a plain scan over the layers)")
 
 
 TASKS = ("chain", "gsm_symbolic", "gsm8k", "math", "eurus")

@@ -45,17 +45,17 @@ def load_models(cfg: TrainConfig):
                                 intermediate_size=2 * m.tiny_width, num_layers=m.tiny_layers, num_heads=4,
                                 num_kv_heads=2, head_dim=m.tiny_width // 4, tie_word_embeddings=True,
                                 eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), dtype=m.dtype,
-                                param_dtype=m.dtype, remat=m.remat)
+                                param_dtype=m.dtype, remat=m.remat, layer_unroll=m.layer_unroll)
         return mc, models.init_params(mc, jax.random.key(cfg.train.seed)), mc, models.init_params(
             mc, jax.random.key(cfg.train.seed + 1)), tok
     path = models.model_dir(m.policy)
     pc, pp = models.load(path, dtype=m.dtype)
-    pc = pc.replace(remat=m.remat)
+    pc = pc.replace(remat=m.remat, layer_unroll=m.layer_unroll)
     if m.policy != "smollm2":
         tok = models.load_tokenizer(path)
     prm_path = m.prm or path
     qc, qp = models.load(prm_path, dtype=m.dtype)
-    return pc, pp, qc.replace(remat=m.remat), qp, tok
+    return pc, pp, qc.replace(remat=m.remat, layer_unroll=m.layer_unroll), qp, tok
 
 
 def load_problems(cfg: TrainConfig):

@@ -130,6 +130,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, subprocess_env):
     (["--set", "prm.loss=magic"], "PRMConfig.loss='magic'"),
     (["--set", "train.steps=many"], "train.steps=many: expected a int"),
     (["--set", "data.samples=1"], "DataConfig.samples=1"),
+    (["--set", "model.layer_unroll=0"], "ModelSource.layer_unroll=0: must be >= 1"),
     (["--set", "data.rollout_slots=2", "--set", "data.rollout_prompts=1"], "DataConfig.rollout_slots=2: rollout_prompts=1"),
     (["--set", "mesh.shape=2,2,2", "--set", "data.rollout_slots=2"],
      "data.rollout_slots=2: must be a multiple of the mesh's batch shards (4)"),

@@ -41,6 +41,11 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; logits and softmax are always float32
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots: what each scanned layer saves for the backward pass
+    # lax.scan's unroll factor over the layers in passes without a KV cache (training, scoring): on
+    # XLA:CPU the demo's 2-layer width-128 model trains 1.3x faster fully unrolled (the scan's per-layer
+    # slices and stacked residuals cost as much as its small matmuls); compile time grows with it, and
+    # the decode keeps the plain scan (unrolled, its per-layer cache reads were slower here)
+    layer_unroll: int = 1
 
     def __post_init__(self):
         def bad(field, why):
@@ -60,6 +65,8 @@ class ModelConfig:
             bad("param_dtype", f"expected one of {DTYPES}")
         if self.remat not in REMAT:
             bad("remat", f"expected one of {REMAT}")
+        if not isinstance(self.layer_unroll, int) or self.layer_unroll < 1:
+            bad("layer_unroll", "must be an int >= 1 (1 = a plain scan over the layers)")
         if self.family == "qwen2" and not self.attention_bias:
             bad("attention_bias", "qwen2 always has q/k/v biases")
         if self.rope_type not in ROPE_TYPES:

@@ -141,8 +141,9 @@ def query_blocks(L: int) -> int:
     return max(1, min(8, L // 32))
 
 
-def causal_attention(q_BLHD, k_BKLD, v_BKLD, valid_BL, n_blocks: int | None = None):
-    """softmax(q k^T / sqrt(Dh) + mask) v over L tokens with no cache, mask = causal & valid key.
+def causal_attention(q_BLHD, k_BKLD, v_BKLD, valid_BL, n_blocks: int | None = None, segments_BL=None):
+    """softmax(q k^T / sqrt(Dh) + mask) v over L tokens with no cache, mask = causal & valid key
+    (& same segment, for packed rows: segments_BL int, a query sees keys of its own segment only).
 
     By query blocks: block [a, b) attends only to keys [0, b), so the all-masked upper triangle
     of the score matrix is mostly skipped (8 blocks compute 9/16 of the [L, L] scores); each
@@ -163,6 +164,8 @@ def causal_attention(q_BLHD, k_BKLD, v_BKLD, valid_BL, n_blocks: int | None = No
         s_BKMS = jnp.einsum("bkmd,bksd->bkms", q_BKMD, k_BKLD[:, :, :b].astype(q_BKMD.dtype),
                             preferred_element_type=jnp.float32) * (Dh ** -0.5)
         visible_BCS = (jnp.arange(b)[None, :] <= jnp.arange(a, b)[:, None])[None] & valid_BL[:, None, :b]
+        if segments_BL is not None:
+            visible_BCS &= segments_BL[:, a:b, None] == segments_BL[:, None, :b]
         s_BKMS = jnp.where(jnp.tile(visible_BCS, (1, G, 1))[:, None], s_BKMS, NEG_INF)
         e_BKMS = jnp.exp(s_BKMS - jax.lax.stop_gradient(s_BKMS.max(-1, keepdims=True)))
         o_BKMD = jnp.einsum("bkms,bksd->bkmd", e_BKMS.astype(q_BKMD.dtype), v_BKLD[:, :, :b].astype(q_BKMD.dtype),
@@ -171,7 +174,8 @@ def causal_attention(q_BLHD, k_BKLD, v_BKLD, valid_BL, n_blocks: int | None = No
     return jnp.concatenate(out, axis=1) if n > 1 else out[0]
 
 
-def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, prefix, prefix_visible_PS, layout):
+def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, prefix, prefix_visible_PS, layout,
+               segments_BL=None):
     """Causal GQA attention of the L new tokens over the shared prefix (if any), the past cache
     slots (both read only) and themselves. Returns (output, this layer's new k and v as
     [B, K, L, Dh] for the cache).
@@ -196,7 +200,7 @@ def _attention(cfg, lp, x_BLD, cos_sin, valid_new_BL, past, past_visible_BLS, pr
     B, L, H, Dh = q_BLHD.shape
     K = k_BKLD.shape[1]
     if past is None:
-        o_BLHD = causal_attention(q_BLHD, k_BKLD, v_BKLD, valid_new_BL)
+        o_BLHD = causal_attention(q_BLHD, k_BKLD, v_BKLD, valid_new_BL, segments_BL=segments_BL)
     else:
         q_BLKGD = q_BLHD.reshape(B, L, K, H // K, Dh)  # GQA: query heads grouped by their kv head
         causal_LL = jnp.arange(L)[None, :] <= jnp.arange(L)[:, None]
@@ -246,7 +250,7 @@ REMAT_POLICIES = {
 def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
                   positions_BL: jax.Array | None = None, valid_BS: jax.Array | None = None,
                   cache: dict | None = None, cache_index: jax.Array | int = 0, prefix: dict | None = None,
-                  layout: Layout | None = None) -> tuple[jax.Array, dict | None]:
+                  layout: Layout | None = None, segments_BL: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
     """Final-norm hidden states [B, L, D] (compute dtype) and the updated cache.
 
     positions_BL: RoPE positions (default arange(L)). valid_BS: which key slots are real tokens
@@ -257,7 +261,11 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     prefix (with a cache): {k, v: [layers, B / R, kv_heads, P, head_dim], valid: [B / R, P]},
     keys every new token sees (where valid) before the cache's, shared by R consecutive rows
     (the K samples of a prompt); positions must continue from it.
+    segments_BL (no cache): packed rows, several sequences per row (int ids, 0 = padding): a token
+    attends only to earlier tokens of its own segment; pass positions_BL restarting in each.
     """
+    if segments_BL is not None and cache is not None:
+        raise ValueError("hidden_states: segments_BL (packed rows) is for passes without a KV cache")
     B, L = tokens_BL.shape
     dt = jnp.dtype(cfg.dtype)
     if positions_BL is None:
@@ -287,14 +295,15 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
         lp, past, pre = xs
         h = rms_norm(x_BLD, lp["attn_norm"], cfg.rms_norm_eps)
         a, new_kv = _attention(cfg, lp, h, cos_sin, valid_new_BL, past, past_visible_BLS, pre,
-                               None if prefix is None else prefix["valid"], layout)
+                               None if prefix is None else prefix["valid"], layout, segments_BL)
         x_BLD = x_BLD + a
         x_BLD = x_BLD + _mlp(lp, rms_norm(x_BLD, lp["mlp_norm"], cfg.rms_norm_eps), layout)
         return constrain(layout, x_BLD, ("batch", "seq", "act_embed")), new_kv if cache is not None else None
 
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
-    x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (params["layers"], cache, pre_kv))
+    x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (params["layers"], cache, pre_kv),
+                                 unroll=cfg.layer_unroll if cache is None else 1)
     if cache is not None and per_row:  # new [layers, B, K, L, Dh] -> c[:, b, :, index_BL[b, l]]
         rows_BL = jnp.broadcast_to(jnp.arange(B)[:, None], (B, L))
         write = lambda c, n: c.at[:, rows_BL, :, index_BL].set(n.transpose(1, 3, 0, 2, 4).astype(c.dtype), mode="drop")
