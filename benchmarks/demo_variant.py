@@ -6,11 +6,11 @@ import sys, time, json, os, dataclasses, logging
 os.environ["TQDM_DISABLE"] = "1"
 logging.basicConfig(level=logging.WARNING)
 from repirl_jax import demo, loop
-from repirl_jax.config import ModelSource, apply_overrides
+from repirl_jax.config import apply_overrides
 def main():
     start, wd, *sets = sys.argv[1:]
     c = demo.default_config()
-    cfg = apply_overrides(dataclasses.replace(c.rl, model=ModelSource(policy=start)), sets)
+    cfg = apply_overrides(dataclasses.replace(c.rl, model=dataclasses.replace(c.rl.model, policy=start)), sets)
     t0 = time.time()
     if not os.path.isfile(os.path.join(wd, "final", "policy", "config.json")):
         loop.run(cfg, wd)
