@@ -146,8 +146,8 @@ def warmup(c: DemoConfig, workdir: str) -> str:
 
 def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, seed: int,
                  start_dir: str | None = None) -> eval_runner.EvalReport:
-    """The one evaluation path on the held-out problems: greedy, and with a PRM, eval_samples
-    samples of this policy scored by it and by the null scorers."""
+    """The one evaluation path on the held-out problems: greedy, and eval_samples samples (T=1) of
+    this policy (their accuracy is what RL optimises), scored by the PRM when given and by the nulls."""
     pc, params = models.load(policy_dir)
     tok = models.load_tokenizer(policy_dir)
     enc = prompts.encode(test, tok, c.rl.data.max_prompt_len)
@@ -158,7 +158,7 @@ def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, se
     init = (scorer.initial(models.load(start_dir)) if scorer is not None and scorer.form != "implicit" and start_dir
             else None)
     return eval_runner.evaluate(pc, params, tok, test, enc.ids, scorer=scorer, init_scorer=init,
-                                samples=c.eval_samples if scorer else 0,
+                                samples=c.eval_samples,
                                 max_new_tokens=c.rl.data.max_new_tokens, seed=seed,
                                 workers=c.rl.train.verify_workers, timeout_s=c.rl.train.verify_timeout_s)
 
@@ -166,21 +166,33 @@ def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, se
 def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) -> str:
     c = apply_overrides(c, list(overrides))
     os.makedirs(workdir, exist_ok=True)
-    times = {}
-    t0 = time.perf_counter()
-    start = warmup(c, workdir)
-    times["warm-up"] = time.perf_counter() - t0
+    times_path = os.path.join(workdir, "stage_times.json")  # a reused stage reports the time it took when it ran
+    times = json.load(open(times_path)) if os.path.isfile(times_path) else {}
+
+    def stage(name, done_file, fn):  # runs fn unless done_file exists
+        if os.path.isfile(done_file):
+            log.info("%s: %s exists, reusing the stage", name, done_file)
+            return
+        t0 = time.perf_counter()
+        fn()
+        times[name] = time.perf_counter() - t0
+        with open(times_path, "w") as f:
+            json.dump(times, f)
+
+    start = os.path.join(workdir, "start")
+    stage("warm-up", os.path.join(start, "config.json"), lambda: warmup(c, workdir))
     _, (_, test) = _problems(c)
+    t_eval = time.perf_counter()
     results = {"start": evaluate_run(c, start, None, test, c.seed)}
     for name, sets in METHODS.items():
-        t0 = time.perf_counter()
         cfg = apply_overrides(dataclasses.replace(c.rl, model=dataclasses.replace(c.rl.model, policy=start)), sets)
         d = os.path.join(workdir, name)
-        if not os.path.isfile(os.path.join(d, "final", "policy", "config.json")):
-            loop.run(cfg, d)
-        times[name] = time.perf_counter() - t0
+        t_run = time.perf_counter()
+        stage(name, os.path.join(d, "final", "policy", "config.json"), lambda: loop.run(cfg, d))
+        t_eval -= time.perf_counter() - t_run
         prm_final = os.path.join(d, "final") if cfg.prm.loss != "none" else None
         results[name] = evaluate_run(c, os.path.join(d, "final", "policy"), prm_final, test, c.seed, start)
+    times["evaluation"] = time.perf_counter() - t_eval
     report = write_report(c, workdir, results, times, [p.meta["steps"] for p in test])
     plots.plot_runs({m: os.path.join(workdir, m) for m in METHODS}, workdir)
     return report
@@ -217,21 +229,27 @@ def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, levels
         row = {"method": name, "held-out pass@1 (greedy) [95% CI]": ev.format_ci(*sm["pass@1_greedy"]),
                **{f"{k} steps": round(sm[f"pass@1_greedy/steps={k}"][0], 3) for k in sorted(set(levels))
                   if f"pass@1_greedy/steps={k}" in sm}}
+        if f"avg@{N}" in sm:
+            row[f"T=1 accuracy (avg@{N}) [95% CI]"] = ev.format_ci(*sm[f"avg@{N}"])
         if "prm/ranking" in sm:
             row |= {"PRM ranking (within problem)": round(sm["prm/ranking"][0], 3),
                     "untrained PRM ranking (null)": round(sm["prm_init/ranking"][0], 3) if "prm_init/ranking" in sm else "",
                     "PRM step AUROC": round(sm["prm/step_auroc"][0], 3) if "prm/step_auroc" in sm else "",
-                    f"PRM best-of-{N}": round(sm[f"prm_best_of_{N}"][0], 3), f"maj@{N}": round(sm[f"maj@{N}"][0], 3),
-                    f"avg@{N}": round(sm[f"avg@{N}"][0], 3)}
+                    f"PRM best-of-{N}": round(sm[f"prm_best_of_{N}"][0], 3), f"maj@{N}": round(sm[f"maj@{N}"][0], 3)}
         row["wall time (s)"] = round(times.get(name if name != "start" else "warm-up", 0.0))
         rows.append(row)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     diffs = []
     for a, b in (("rloo", "start"), ("repirl", "start"), ("repirl", "rloo")):
-        m, lo, hi, p = ev.paired_bootstrap(results[a].per_problem["pass@1_greedy"],
-                                           results[b].per_problem["pass@1_greedy"], seed=c.seed)
-        diffs.append({"comparison": f"{a} - {b}", "difference [95% CI]": ev.format_ci(m, lo, hi), "p": p})
-    table = ev.markdown_table(rows, cols)
+        row = {"comparison": f"{a} - {b}"}
+        for metric, what in (("pass@1_greedy", "greedy"), (f"avg@{N}", "T=1 accuracy")):
+            if all(metric in results[x].per_problem for x in (a, b)):
+                m, lo, hi, p = ev.paired_bootstrap(results[a].per_problem[metric], results[b].per_problem[metric],
+                                                   seed=c.seed)
+                row |= {f"{what} difference [95% CI]": ev.format_ci(m, lo, hi), f"p ({what})": p}
+        diffs.append(row)
+    table = ev.markdown_table(rows, cols) + (f"\n\nEvaluations (all rows): {times['evaluation']:.0f} s. A reused stage shows "
+                                             "the time it took when it ran." if "evaluation" in times else "")
     prm_detail = results["repirl"].markdown() if "prm/ranking" in results["repirl"].summary else ""
     text = f"""# repirl demo report
 
