@@ -29,14 +29,14 @@ def row(wd: str) -> str:
     s = r["repirl"]["summary"]
     f = lambda k: f"{s[k][0]:.3f}"
     return (f"| {wd} | {loss:.3f} | {' | '.join(cells)} | {f('prm/ranking')} / {f('prm_init/ranking')} / "
-            f"{f('logprob/ranking')} | {f('prm_best_of_16')} / {f('maj@16')} |")
+            f"{f('logprob/ranking')} | {f('prm/step_auroc')} | {f('prm_best_of_16')} / {f('maj@16')} |")
 
 
 def main(workdirs):
     print("| start (demo workdir) | warm-up loss (last 5 logs) | greedy: start / RLOO / rePIRL | rePIRL - RLOO "
           "[95% CI], p | T=1: start / RLOO / rePIRL | rePIRL - RLOO (T=1) | PRM ranking / untrained / log-prob | "
-          "best-of-16 / maj@16 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "PRM step AUROC | best-of-16 / maj@16 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for wd in workdirs:
         print(row(wd))
     # these starts together: the per-problem difference averaged over the starts, bootstrapped over the
