@@ -8,7 +8,7 @@
    imitation (`sft.py`) of noisy demonstrations: each + / - line slips its sign with probability
    warmup.slip_rate (0.4), so the start has a habit RL can drop and its log-likelihood ranks its own
    right and wrong answers poorly: the PRM must learn. RL's experts are clean. The start varies with
-   the warm-up seed (held-out greedy 0.05-0.24 over the seeds measured) and so does what RL does from
+   the warm-up seed (held-out greedy 0.05-0.32 over six seeds measured) and so does what RL does from
    it: README "The outcome depends on the imitation start".
 3. From that same starting point, run plain outcome RLOO (`prm.loss=none`) and rePIRL on the
    long chains, each with `loop.run` (checkpoints, metrics.jsonl, exports).
