@@ -157,16 +157,14 @@ def run_dir(root: str, variant: str, seed: int) -> str:
 
 def train(c, start: str, variant: str, seed: int, root: str) -> dict:
     """loop.run for one (variant, seed) unless its final export exists; {"train_s": wall time}."""
-    from repirl_jax import loop
-    from repirl_jax.config import apply_overrides
+    from repirl_jax import demo, loop
 
     d = run_dir(root, variant, seed)
     wall = os.path.join(d, "wall.json")
     if os.path.isfile(os.path.join(d, "final", "prm.json")) and os.path.isfile(wall):
         with open(wall) as f:
             return json.load(f)
-    cfg = apply_overrides(dataclasses.replace(c.rl, model=dataclasses.replace(c.rl.model, policy=start)),  # as the demo
-                          VARIANTS[variant][0] + [f"train.seed={seed}"])
+    cfg = demo.rl_config(c, start, VARIANTS[variant][0] + [f"train.seed={seed}"])
     t0 = time.perf_counter()
     resumed = os.path.isdir(os.path.join(d, "checkpoints"))
     loop.run(cfg, d)

@@ -2,15 +2,14 @@
 imitation start, e.g. runs/demo/start) with overrides of demo.default_config().rl, then the one evaluation
 (demo.evaluate_run); prints a RESULT line and writes WORKDIR/eval_summary.json, a `repirl compare` file (two
 variants' files give the paired difference over the same held-out problems). Produced the issue-15 tables."""
-import sys, time, json, os, dataclasses, logging
+import sys, time, json, os, logging
 os.environ["TQDM_DISABLE"] = "1"
 logging.basicConfig(level=logging.WARNING)
 from repirl_jax import demo, loop
-from repirl_jax.config import apply_overrides
 def main():
     start, wd, *sets = sys.argv[1:]
     c = demo.default_config()
-    cfg = apply_overrides(dataclasses.replace(c.rl, model=dataclasses.replace(c.rl.model, policy=start)), sets)
+    cfg = demo.rl_config(c, start, sets)
     t0 = time.time()
     if not os.path.isfile(os.path.join(wd, "final", "policy", "config.json")):
         loop.run(cfg, wd)

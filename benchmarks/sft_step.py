@@ -17,8 +17,6 @@ import jax
 import numpy as np
 
 from repirl_jax import demo, models, sft
-from repirl_jax.config import OptimConfig
-from repirl_jax.data import prompts, vocab
 
 
 def main():
@@ -28,19 +26,12 @@ def main():
     a = ap.parse_args()
     c = demo.default_config()
     w = c.warmup
-    easy, (hard_train, hard_test) = demo._problems(c)
-    tok = vocab.build_tokenizer([p.prompt for p in easy + hard_train + hard_test]
-                                + [e for p in easy + hard_train for e in p.experts])
-    enc = prompts.encode(easy, tok, w.length)
-    sols = [tok(easy[i].experts[0] + tok.eos_token, add_special_tokens=False)["input_ids"] for i in enc.kept]
-    tokens, mask, _ = sft.encode_pairs(enc.ids, sols, w.length)
-    lengths = np.minimum([len(p) + len(r) for p, r in zip(enc.ids, sols)], w.length)
-    mc = models.ModelConfig(family="llama", vocab_size=len(tok), hidden_size=w.width, intermediate_size=4 * w.width,
-                            num_layers=w.layers, num_heads=4, num_kv_heads=2, head_dim=w.width // 4,
-                            tie_word_embeddings=True, eos_token_id=tok.eos_token_id)
-    optim = OptimConfig(lr=w.lr, warmup_steps=w.lr_warmup, schedule="cosine", total_steps=w.steps)
-    variants = {"padded_scan": (mc, False), "padded_unrolled": (mc.replace(layer_unroll=w.layers), False),
-                "packed_unrolled": (mc.replace(layer_unroll=w.layers), True)}
+    mc, _, _, prompt_ids, sols, optim = demo.imitation_setup(c)  # the warm-up's model config, data and optimiser
+    tokens, mask, _ = sft.encode_pairs(prompt_ids, sols, w.length)
+    lengths = np.minimum([len(p) + len(r) for p, r in zip(prompt_ids, sols)], w.length)
+    unrolled = mc.replace(layer_unroll=w.layers)
+    variants = {"padded_scan": (mc.replace(layer_unroll=1), False), "padded_unrolled": (unrolled, False),
+                "packed_unrolled": (unrolled, True)}
     state = {}
     for name, (cfg, _) in variants.items():
         init, step = sft.make_sft_step(cfg, optim)

@@ -114,12 +114,10 @@ def _problems(c: DemoConfig):
     return easy, loop.load_problems(c.rl)
 
 
-def warmup(c: DemoConfig, workdir: str) -> str:
-    """Tokenizer + imitation on the easy levels -> WORKDIR/start (an HF dir); skipped when present."""
-    out = os.path.join(workdir, "start")
-    if os.path.isfile(os.path.join(out, "config.json")):
-        log.info("warm-up: %s exists, reusing it", out)
-        return out
+def imitation_setup(c: DemoConfig):
+    """The warm-up's model, tokenizer and data: (model config, params, tokenizer, prompt ids, solution ids,
+    optimiser config). A random-init model with a word-level tokenizer of the task, or (warmup.init) a
+    pretrained model with its own."""
     w = c.warmup
     easy, (hard_train, hard_test) = _problems(c)
     if w.init:
@@ -137,12 +135,30 @@ def warmup(c: DemoConfig, workdir: str) -> str:
     enc = prompts.encode(easy, tok, w.length)  # the chat template where the tokenizer has one, as at RL time
     sols = [tok(easy[i].experts[0] + tok.eos_token, add_special_tokens=False)["input_ids"] for i in enc.kept]
     optim = OptimConfig(lr=w.lr, warmup_steps=min(w.lr_warmup, w.steps // 2), schedule="cosine", total_steps=w.steps)
-    params, losses = sft.train(mc, params, enc.ids, sols, steps=w.steps, batch=w.batch, optim=optim, length=w.length,
+    return mc, params, tok, enc.ids, sols, optim
+
+
+def warmup(c: DemoConfig, workdir: str) -> str:
+    """Tokenizer + imitation on the easy levels -> WORKDIR/start (an HF dir); skipped when present."""
+    out = os.path.join(workdir, "start")
+    if os.path.isfile(os.path.join(out, "config.json")):
+        log.info("warm-up: %s exists, reusing it", out)
+        return out
+    w = c.warmup
+    mc, params, tok, prompt_ids, sols, optim = imitation_setup(c)
+    params, losses = sft.train(mc, params, prompt_ids, sols, steps=w.steps, batch=w.batch, optim=optim, length=w.length,
                                seed=c.seed, chunk=c.rl.policy.logit_chunk, desc="imitation")
     models.export_hf(mc, params, out, tokenizer=tok)
     with open(os.path.join(workdir, "warmup_losses.json"), "w") as f:
         json.dump(losses, f)
     return out
+
+
+def rl_config(c: DemoConfig, start: str, overrides=()) -> TrainConfig:
+    """The RL stage's config from the imitation start: c.rl with model.policy = start (the demo's other
+    model fields kept), then the overrides (a method's or a variant's)."""
+    return apply_overrides(dataclasses.replace(c.rl, model=dataclasses.replace(c.rl.model, policy=start)),
+                           list(overrides))
 
 
 def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, seed: int,
@@ -182,18 +198,18 @@ def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) ->
 
     start = os.path.join(workdir, "start")
     stage("warm-up", os.path.join(start, "config.json"), lambda: warmup(c, workdir))
-    _, (_, test) = _problems(c)
-    t_eval = time.perf_counter()
-    results = {"start": evaluate_run(c, start, None, test, c.seed)}
-    for name, sets in METHODS.items():
-        cfg = apply_overrides(dataclasses.replace(c.rl, model=dataclasses.replace(c.rl.model, policy=start)), sets)
+    cfgs = {name: rl_config(c, start, sets) for name, sets in METHODS.items()}
+    for name, cfg in cfgs.items():
         d = os.path.join(workdir, name)
-        t_run = time.perf_counter()
         stage(name, os.path.join(d, "final", "policy", "config.json"), lambda: loop.run(cfg, d))
-        t_eval += time.perf_counter() - t_run  # the clock of the evaluations skips the RL stage
+    _, (_, test) = _problems(c)
+    t0 = time.perf_counter()
+    results = {"start": evaluate_run(c, start, None, test, c.seed)}
+    for name, cfg in cfgs.items():
+        d = os.path.join(workdir, name)
         prm_final = os.path.join(d, "final") if cfg.prm.loss != "none" else None
         results[name] = evaluate_run(c, os.path.join(d, "final", "policy"), prm_final, test, c.seed, start)
-    times["evaluation"] = time.perf_counter() - t_eval
+    times["evaluation"] = time.perf_counter() - t0
     report = write_report(c, workdir, results, times, [p.meta["steps"] for p in test])
     plots.plot_runs({m: os.path.join(workdir, m) for m in METHODS}, workdir)
     return report
@@ -249,8 +265,9 @@ def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, levels
                                                    seed=c.seed)
                 row |= {f"{what} difference [95% CI]": ev.format_ci(m, lo, hi), f"p ({what})": p}
         diffs.append(row)
-    table = ev.markdown_table(rows, cols) + (f"\n\nEvaluations (all rows): {times['evaluation']:.0f} s. A reused stage shows "
-                                             "the time it took when it ran." if "evaluation" in times else "")
+    table = ev.markdown_table(rows, cols)
+    if "evaluation" in times:
+        table += f"\n\nEvaluations (all rows): {times['evaluation']:.0f} s. A reused stage shows the time it took when it ran."
     prm_detail = results["repirl"].markdown() if "prm/ranking" in results["repirl"].summary else ""
     text = f"""# repirl demo report
 

@@ -29,7 +29,6 @@ def sft_loss(cfg: ModelConfig, params, tokens_BL, mask_BL, chunk: int = 0, posit
     Packed rows (`pack`): positions_BL restart and segments_BL separate the sequences of a row."""
     cut = lambda x: None if x is None else x[:, :-1]
     h_BLD, _ = hidden_states(cfg, params, tokens_BL[:, :-1], positions_BL=cut(positions_BL),
-                             valid_BS=None if segments_BL is None else cut(segments_BL) > 0,
                              segments_BL=cut(segments_BL))
     w_VD = params["embed"] if cfg.tie_word_embeddings else params["lm_head"]
     logp, _ = losses.token_logprobs(h_BLD, w_VD, tokens_BL[:, 1:], chunk)

@@ -271,8 +271,8 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     if positions_BL is None:
         positions_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     S = L if cache is None else cache["k"].shape[3]
-    if valid_BS is None:
-        valid_BS = jnp.ones((B, S), bool)
+    if valid_BS is None:  # packed rows: segment 0 is padding
+        valid_BS = jnp.ones((B, S), bool) if segments_BL is None else segments_BL > 0
     cos_sin = rope.cos_sin(cfg, positions_BL)
     if cache is None:
         valid_new_BL, past_visible_BLS = valid_BS, None
