@@ -3,7 +3,7 @@
 Each WORKDIR is a finished `repirl demo` run (e.g. `repirl demo --workdir runs/demo_s1 --set seed=1`: the
 warm-up seed, hence the start, changes, and the evaluation's sampling seed with it; the RL data and seed and the held-out
 problems do not). One row per
-start: the warm-up's final loss, held-out greedy pass@1 and T=1 accuracy (avg@16) of the start, RLOO and
+start: the warm-up's final loss, what the start's T=1 samples fail on (data.chain.error_kind), held-out greedy pass@1 and T=1 accuracy (avg@16) of the start, RLOO and
 rePIRL, the paired differences over the same 400 problems, and rePIRL's PRM beside its nulls (its untrained init, the policy's
 log-prob) with best-of-16 against majority@16. Every figure in the demo rests on one start; this is the
 variation the 3-seed sweeps (RL seeds, one start) do not see.
@@ -26,17 +26,20 @@ def row(wd: str) -> str:
         d = ev.paired_bootstrap(g["repirl"], g["rloo"])
         cells += [" / ".join(f"{g[m].mean():.3f}" for m in ("start", "rloo", "repirl")),
                   f"{d[0]:+.3f} [{d[1]:.2f}, {d[2]:.2f}], p {d[3]:.3f}"]
+    e = r["start"]["summary"]  # what the start's T=1 samples fail on (a demo report since data.chain.error_kind)
+    kinds = " / ".join(f"{e[f'errors/{k}'][0]:.2f}" for k in ("slip", "arithmetic", "copy")) if "errors/slip" in e else ""
     s = r["repirl"]["summary"]
     f = lambda k: f"{s[k][0]:.3f}"
-    return (f"| {wd} | {loss:.3f} | {' | '.join(cells)} | {f('prm/ranking')} / {f('prm_init/ranking')} / "
+    return (f"| {wd} | {loss:.3f} | {kinds} | {' | '.join(cells)} | {f('prm/ranking')} / {f('prm_init/ranking')} / "
             f"{f('logprob/ranking')} | {f('prm/step_auroc')} | {f('prm_best_of_16')} / {f('maj@16')} |")
 
 
 def main(workdirs):
-    print("| start (demo workdir) | warm-up loss (last 5 logs) | greedy: start / RLOO / rePIRL | rePIRL - RLOO "
+    print("| start (demo workdir) | warm-up loss (last 5 logs) | start's T=1 samples: first wrong step a slip / "
+          "arithmetic / copy error | greedy: start / RLOO / rePIRL | rePIRL - RLOO "
           "[95% CI], p | T=1: start / RLOO / rePIRL | rePIRL - RLOO (T=1) | PRM ranking / untrained / log-prob | "
           "PRM step AUROC | best-of-16 / maj@16 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for wd in workdirs:
         print(row(wd))
     # these starts together: the per-problem difference averaged over the starts, bootstrapped over the

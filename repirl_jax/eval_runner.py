@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import compare, models, prm, prm_quality, sampling, search, steps
+from .data import chain
 from . import evaluate as ev
 from .models import ModelConfig
 from .verifiers.dispatch import verify
@@ -184,7 +185,8 @@ def report(problems, greedy: Rollouts, sampled: Rollouts | None = None, rewards_
         prm_best_of_N (= prm/best_of_N, listed with the answer-selection methods)
       SCORER/{ranking, auroc, auroc_within_level, auroc/steps=k, best_of_N} for the scorers of
         prm_quality (the PRM ones with rewards, prm_min / prm_last also need step_of)
-      chain problems only, against exact step labels: lucky_rate; prm/, prm_init/ and logprob/{step_auroc,
+      chain problems only, against exact step labels: lucky_rate; errors/KIND, the fraction of samples
+        whose first wrong step is of that kind (data.chain.ERROR_KINDS); prm/, prm_init/ and logprob/{step_auroc,
         fws_f1, fws_accuracy, fws_error_acc, fws_correct_acc, fws_tau, fws_n}
       prm_beam (beam_correct given): pass@1 of the beam search's answer; compare with
         prm/best_of_n at n = beam_n (= beam * expansions) in the curves."""
@@ -222,6 +224,11 @@ def report(problems, greedy: Rollouts, sampled: Rollouts | None = None, rewards_
     if step_of is not None and all(p.source == "chain" for p in problems):
         labels = prm_quality.chain_labels(problems, sampled.texts, N)
         summary["lucky_rate"] = prm_quality.lucky(c, labels, seed)
+        # what the samples' first wrong steps are (a slip RL can drop, or arithmetic the policy lacks)
+        kinds = np.array([chain.error_kind(problems[i // N], t) for i, t in enumerate(sampled.texts)]).reshape(-1, N)
+        for kind in chain.ERROR_KINDS:
+            per[f"errors/{kind}"] = (kinds == kind).mean(1)
+            summary[f"errors/{kind}"] = ev.bootstrap_ci(per[f"errors/{kind}"], seed=seed)
         by_step = {"prm": prm_steps}
         if init_rewards_ST is not None:
             by_step["prm_init"] = prm_quality.step_values(init_rewards_ST, sampled.mask, step_of, sampled.texts)

@@ -22,7 +22,7 @@ def test_demo_end_to_end(tmp_path):
     for needle in ("| start |", "| rloo |", "| repirl |", "held-out pass@1 (greedy) [95% CI]", "repirl - rloo",
                    "PRM ranking (within problem)", "PRM step AUROC", "PRM best-of-2", "maj@2", "| hash |",
                    "T=1 accuracy (avg@2) [95% CI]", "T=1 accuracy difference [95% CI]",
-                   "| logprob |"):
+                   "| logprob |", "| method | correct | slip | arithmetic | copy |"):
         assert needle in report, report
     assert "| repirl |" in r.stdout  # the table is printed at the end
     assert (w / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -106,6 +106,9 @@ def test_a_scorer_equal_to_the_labels_is_perfect():
         assert r.summary[f"{name}/fws_n"] == (4.0,)
     assert 0 < r.summary["prm/fws_tau"][0] <= 1 and -1 < r.summary["logprob/fws_tau"][0] <= 0
     assert r.summary["lucky_rate"][0] == 0.0
+    # first wrong steps: WRONG1 and WRONG0 miscompute a '-' step (not its slip, which would be a '+')
+    assert {k: r.summary[f"errors/{k}"][0] for k in ("correct", "arithmetic", "slip", "copy")} == {
+        "correct": 0.5, "arithmetic": 0.5, "slip": 0.0, "copy": 0.0}
     assert r.summary["prm/auroc_within_level"] == (1.0,) and r.summary["prm/auroc/steps=3"] == (1.0,)
     # the last step (\boxed) is off the path exactly when the answer is wrong
     assert r.summary["prm_last/ranking"][0] == 1

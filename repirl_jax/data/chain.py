@@ -117,7 +117,7 @@ def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus
     written.append(f"\\boxed{{{shown}}}")
     return Problem(id=f"chain/{split}/{steps}/{index}", prompt=f"{text}\n{INSTRUCTION}" if instruction else text,
                    gold=str(value), experts=["\n".join(written)], split=split, source="chain",
-                   meta={"steps": steps, "lines": lines})
+                   meta={"steps": steps, "lines": lines, "modulus": m})
 
 
 def _apply(value: int, sym: str, x: int, m: int) -> int:
@@ -175,6 +175,32 @@ def response_lines(response: str) -> list[str]:
     """The steps of a response: its lines, a trailing empty piece (a final newline) dropped."""
     lines = response.split("\n")
     return lines[:-1] if len(lines) > 1 and not lines[-1].strip() else lines
+
+
+_STEP = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
+ERROR_KINDS = ("correct", "slip", "arithmetic", "copy", "answer", "length")
+
+
+def error_kind(problem: Problem, response: str) -> str:
+    """What the first wrong step of `response` is (ERROR_KINDS): `slip`, the result of the other sign
+    on a + / - line (the habit of noisy demonstrations, `slip_rate`: a choice RL can drop); `arithmetic`,
+    another wrong result of the right a, op and x (a skill the policy lacks); `copy`, a line whose
+    a, op or x is not the expected one (or not a step line); `answer`, right steps and a wrong final
+    line; `length`, right lines that stop early or go on; `correct`, the expert's solution."""
+    lab = step_labels(problem, response)
+    if lab.first_wrong is None:
+        return "correct"
+    i, want = lab.first_wrong, problem.meta["lines"]
+    if i >= min(len(want), len(lab.lines)):
+        return "length"
+    ref, got = _STEP.match(_norm(want[i])), _STEP.match(_norm(lab.lines[i]))
+    if ref is None:  # the \boxed line
+        return "answer"
+    if got is None or got.group(1, 2, 3) != ref.group(1, 2, 3):
+        return "copy"
+    a, op, x = int(ref.group(1)), ref.group(2), int(ref.group(3))
+    other = _apply(a, {"+": "-", "-": "+"}[op], x, problem.meta.get("modulus", 0)) if op in "+-" else None
+    return "slip" if int(got.group(4)) == other else "arithmetic"
 
 
 def step_labels(problem: Problem, response: str) -> StepLabels:

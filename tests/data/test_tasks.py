@@ -2,6 +2,7 @@
 tokenizer, and verification dispatched by problem kind."""
 import dataclasses
 import json
+import random
 import re
 
 import numpy as np
@@ -140,6 +141,29 @@ def test_mod100_chain_is_bijective_and_labels_are_exact():
     for junk in ("", "\\boxed{", "=\n=\n", "\n\n\n"):
         lab = chain.step_labels(p, junk)
         assert lab.first_wrong == 0 and not any(lab.ok)
+
+
+def test_error_kind_names_the_first_wrong_step():
+    """error_kind on hand-made responses: a sign slip, another arithmetic error, a copy error, a
+    wrong answer line after right steps, a stop, and malformed text."""
+    p = chain.make_problem(random.Random(0), 3, "train", 0, modulus=100, instruction=False, style="symbols",
+                           operand_max=9, ops="+-*", additive_run=1)
+    lines = p.meta["lines"]
+    i = next(k for k, ln in enumerate(lines) if re.match(r"\d+[+-]", ln))
+    a, op, x = re.match(r"(\d+)([+-])(\d+)", lines[i]).groups()
+    slip = (int(a) - int(x) if op == "+" else int(a) + int(x)) % 100
+    right = int(lines[i].split("=")[1])
+    wrong = next(v for v in range(100) if v not in (slip, right))
+    def kind(k_lines):
+        return chain.error_kind(p, "\n".join(k_lines))
+    assert kind(lines) == "correct"
+    assert kind(lines[:i] + [f"{a}{op}{x}={slip}"] + lines[i + 1:]) == "slip"
+    assert kind(lines[:i] + [f"{a} {op} {x} = {wrong}"]) == "arithmetic"  # spaces ignored, as step_labels does
+    assert kind(lines[:i] + [f"{(int(a) + 1) % 100}{op}{x}={right}"] + lines[i + 1:]) == "copy"
+    assert kind(lines[:-1] + ["\\boxed{1000}"]) == "answer"
+    assert kind(lines[:-1]) == kind(lines + ["1+1=2"]) == "length"
+    for junk in ("", "\\boxed{", "=\n=", "7*3"):
+        assert chain.error_kind(p, junk) == "copy"
 
 
 def test_additive_run_limits_runs_of_plus_minus():
