@@ -7,9 +7,10 @@
 2. Teach a small random-init policy every level RL trains on, 1..warmup.max_steps steps, by
    imitation (`sft.py`) of noisy demonstrations: each + / - line slips its sign with probability
    warmup.slip_rate (0.4), so the start has a habit RL can drop and its log-likelihood ranks its own
-   right and wrong answers poorly: the PRM must learn. RL's experts are clean. The start varies with
-   the warm-up seed (held-out greedy 0.05-0.32 over six seeds measured) and so does what RL does from
-   it: README "The outcome depends on the imitation start".
+   right and wrong answers poorly: the PRM must learn. RL's experts are clean. The imitation must
+   converge (2000 steps): an unconverged start fails on arithmetic, not on the habit, and RL from it
+   fell below it; the report's failure kinds (data.chain.error_kind) show which a start is. What RL
+   does still varies with the warm-up seed: README "The outcome depends on the imitation start".
 3. From that same starting point, run plain outcome RLOO (`prm.loss=none`) and rePIRL on the
    long chains, each with `loop.run` (checkpoints, metrics.jsonl, exports).
 4. Evaluate the start and both results on a held-out split of the long chains with the one
