@@ -13,24 +13,24 @@ import argparse
 import collections
 import os
 
-from repirl_jax import demo, models, sampling
+from repirl_jax import demo, eval_runner, models
 from repirl_jax.data import chain, prompts
 
 STAGES = ("start", "rloo/final/policy", "repirl/final/policy")
 
 
 def breakdown(path: str, test, c: demo.DemoConfig, samples: int = 4) -> dict:
-    """{"greedy": {kind: fraction}, "t1": {kind: fraction}} of the policy at `path` on `test`."""
+    """{"greedy": {kind: fraction}, "t1": {kind: fraction}} of the policy at `path` on `test` (the
+    evaluation path's rollouts: eval_runner.rollouts)."""
     mc, params = models.load(path)
     tok = models.load_tokenizer(path)
     ids = prompts.encode(test, tok, c.rl.data.max_prompt_len).ids
     out = {}
     for name, T, n in (("greedy", 0.0, 1), ("t1", 1.0, samples)):
-        gen = sampling.generate(mc, params, ids, max_new_tokens=c.rl.data.max_new_tokens, temperature=T,
-                                num_samples=n, eos_id=tok.eos_token_id, seed=1)
-        texts = [tok.decode(t[m], skip_special_tokens=True) for t, m in zip(gen.tokens, gen.mask)]
-        kinds = collections.Counter(chain.error_kind(test[r // n], t) for r, t in enumerate(texts))
-        out[name] = {k: v / len(texts) for k, v in sorted(kinds.items())}
+        r = eval_runner.rollouts(mc, params, tok, test, ids, n=n, temperature=T, seed=1,
+                                 max_new_tokens=c.rl.data.max_new_tokens)
+        kinds = collections.Counter(chain.error_kind(test[i // n], t) for i, t in enumerate(r.texts))
+        out[name] = {k: v / len(r.texts) for k, v in sorted(kinds.items())}
     return out
 
 

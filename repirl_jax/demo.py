@@ -295,8 +295,8 @@ exact step labels (`data.chain.step_labels`); nulls beside it in the detail belo
 
 The first wrong step of the same T=1 samples (`data.chain.error_kind`; fractions of all samples): `slip` is the
 sign-slip habit of the noisy demonstrations, which RL can drop; `arithmetic` and `copy` errors are skills the
-imitation has not learned (a start whose failures are mostly these is an unconverged warm-up: RL from it
-rarely finds a reward):
+imitation has not learned, which RL did not remove from any of five starts measured (a start whose failures are
+mostly these is an unconverged warm-up: RL from it rarely finds a reward):
 
 {errors}
 
