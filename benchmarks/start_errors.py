@@ -13,7 +13,7 @@ import argparse
 import collections
 import os
 
-from repirl_jax import demo, eval_runner, models
+from repirl_jax import demo, eval_runner, models, prm_quality
 from repirl_jax.data import chain, prompts
 
 STAGES = ("start", "rloo/final/policy", "repirl/final/policy")
@@ -29,7 +29,8 @@ def breakdown(path: str, test, c: demo.DemoConfig, samples: int = 4) -> dict:
     for name, T, n in (("greedy", 0.0, 1), ("t1", 1.0, samples)):
         r = eval_runner.rollouts(mc, params, tok, test, ids, n=n, temperature=T, seed=1,
                                  max_new_tokens=c.rl.data.max_new_tokens)
-        kinds = collections.Counter(chain.error_kind(test[i // n], t) for i, t in enumerate(r.texts))
+        labels = prm_quality.chain_labels(test, r.texts, n)
+        kinds = collections.Counter(chain.error_kind(test[i // n], lab) for i, lab in enumerate(labels))
         out[name] = {k: v / len(r.texts) for k, v in sorted(kinds.items())}
     return out
 

@@ -225,7 +225,7 @@ def report(problems, greedy: Rollouts, sampled: Rollouts | None = None, rewards_
         labels = prm_quality.chain_labels(problems, sampled.texts, N)
         summary["lucky_rate"] = prm_quality.lucky(c, labels, seed)
         # what the samples' first wrong steps are (a slip RL can drop, or arithmetic the policy lacks)
-        kinds = np.array([chain.error_kind(problems[i // N], t) for i, t in enumerate(sampled.texts)]).reshape(-1, N)
+        kinds = np.array([chain.error_kind(problems[i // N], lab) for i, lab in enumerate(labels)]).reshape(-1, N)
         for kind in chain.ERROR_KINDS:
             per[f"errors/{kind}"] = (kinds == kind).mean(1)
             summary[f"errors/{kind}"] = ev.bootstrap_ci(per[f"errors/{kind}"], seed=seed)

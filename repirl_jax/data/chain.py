@@ -181,13 +181,13 @@ _STEP = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
 ERROR_KINDS = ("correct", "slip", "arithmetic", "copy", "answer", "length")
 
 
-def error_kind(problem: Problem, response: str) -> str:
-    """What the first wrong step of `response` is (ERROR_KINDS): `slip`, the result of the other sign
-    on a + / - line (the habit of noisy demonstrations, `slip_rate`: a choice RL can drop); `arithmetic`,
-    another wrong result of the right a, op and x (a skill the policy lacks); `copy`, a line whose
-    a, op or x is not the expected one (or not a step line); `answer`, right steps and a wrong final
-    line; `length`, right lines that stop early or go on; `correct`, the expert's solution."""
-    lab = step_labels(problem, response)
+def error_kind(problem: Problem, lab: StepLabels) -> str:
+    """What the first wrong step of a response is (ERROR_KINDS), from its labels `lab` =
+    step_labels(problem, response): `slip`, the result of the other sign on a + / - line (the habit of
+    noisy demonstrations, `slip_rate`: a choice RL can drop); `arithmetic`, another wrong result of the
+    right a, op and x (a skill the policy lacks); `copy`, a line whose a, op or x is not the expected
+    one (or not a step line); `answer`, right steps and a wrong final line; `length`, right lines that
+    stop early or go on; `correct`, the expert's solution."""
     if lab.first_wrong is None:
         return "correct"
     i, want = lab.first_wrong, problem.meta["lines"]

@@ -155,7 +155,7 @@ def test_error_kind_names_the_first_wrong_step():
     right = int(lines[i].split("=")[1])
     wrong = next(v for v in range(100) if v not in (slip, right))
     def kind(k_lines):
-        return chain.error_kind(p, "\n".join(k_lines))
+        return chain.error_kind(p, chain.step_labels(p, "\n".join(k_lines)))
     assert kind(lines) == "correct"
     assert kind(lines[:i] + [f"{a}{op}{x}={slip}"] + lines[i + 1:]) == "slip"
     assert kind(lines[:i] + [f"{a} {op} {x} = {wrong}"]) == "arithmetic"  # spaces ignored, as step_labels does
@@ -163,7 +163,7 @@ def test_error_kind_names_the_first_wrong_step():
     assert kind(lines[:-1] + ["\\boxed{1000}"]) == "answer"
     assert kind(lines[:-1]) == kind(lines + ["1+1=2"]) == "length"
     for junk in ("", "\\boxed{", "=\n=", "7*3"):
-        assert chain.error_kind(p, junk) == "copy"
+        assert chain.error_kind(p, chain.step_labels(p, junk)) == "copy"
 
 
 def test_additive_run_limits_runs_of_plus_minus():
