@@ -1,11 +1,22 @@
 """python -m benchmarks.demo_variant START WORKDIR [key=value ...]: one RL stage of the demo from START (an
 imitation start, e.g. runs/demo/start) with overrides of demo.default_config().rl, then the one evaluation
 (demo.evaluate_run); prints a RESULT line and writes WORKDIR/eval_summary.json, a `repirl compare` file (two
-variants' files give the paired difference over the same held-out problems). Produced the issue-15 tables."""
+variants' files give the paired difference over the same held-out problems). Where START is a demo's start
+(its workdir holds results.json), it also prints the paired difference to each of that demo's rows (greedy
+and T=1 accuracy, the same 400 held-out problems). A finished run and its evaluation are reused. Produced
+the issue-15 tables."""
 import sys, time, json, os, logging
 os.environ["TQDM_DISABLE"] = "1"
 logging.basicConfig(level=logging.WARNING)
+import numpy as np
 from repirl_jax import demo, loop
+from repirl_jax import evaluate as ev
+
+KEYS = ("pass@1_greedy", "prm/ranking", "prm/step_auroc", "prm_best_of", "maj@", "avg@", "logprob/ranking", "hash/ranking",
+        "length/ranking", "lucky", "prm/fws_f1", "prm_min/ranking", "prm/auroc", "prm_init/ranking", "prm_init/best_of",
+        "prm_init/step_auroc", "errors/")
+
+
 def main():
     start, wd, *sets = sys.argv[1:]
     c = demo.default_config()
@@ -14,15 +25,25 @@ def main():
     if not os.path.isfile(os.path.join(wd, "final", "policy", "config.json")):
         loop.run(cfg, wd)
     tr = time.time() - t0
-    _, (_, test) = demo._problems(c)
-    r = demo.evaluate_run(c, os.path.join(wd, "final", "policy"), os.path.join(wd, "final") if cfg.prm.loss != "none" else None, test, 0,
-                          start_dir=start)
-    sm = r.summary
-    keys = [k for k in sm if k.startswith(("pass@1_greedy", "prm/ranking", "prm/step_auroc", "prm_best_of", "maj@", "avg@", "logprob/ranking", "hash/ranking", "length/ranking", "lucky", "prm/fws_f1", "prm_min/ranking", "prm/auroc", "prm_init/ranking",
-                                                 "prm_init/best_of", "prm_init/step_auroc"))]
-    print("RESULT", wd, sets, f"train_s={tr:.0f}", json.dumps({k: [round(x, 3) for x in sm[k]] for k in keys}), flush=True)
-    with open(os.path.join(wd, "eval_summary.json"), "w") as f:
-        json.dump({"problem_ids": [p.id for p in test], **r.to_json()}, f)
+    _, (_, test) = demo.problems(c)
+    out = os.path.join(wd, "eval_summary.json")
+    if not os.path.isfile(out):
+        r = demo.evaluate_run(c, os.path.join(wd, "final", "policy"),
+                              os.path.join(wd, "final") if cfg.prm.loss != "none" else None, test, 0, start_dir=start)
+        with open(out, "w") as f:
+            json.dump({"problem_ids": [p.id for p in test], **r.to_json()}, f)
+    res = json.load(open(out))
+    sm = res["summary"]
+    print("RESULT", wd, sets, f"train_s={tr:.0f}",
+          json.dumps({k: [round(x, 3) for x in sm[k]] for k in sm if k.startswith(KEYS)}), flush=True)
+    demo_results = os.path.join(os.path.dirname(os.path.abspath(start)), "results.json")
+    if os.path.isfile(demo_results):
+        rows = json.load(open(demo_results))
+        for metric in ("pass@1_greedy", "avg@16"):
+            mine = np.asarray(res["per_problem"][metric], float)
+            for name, row in rows.items():
+                d = ev.paired_bootstrap(mine, np.asarray(row["per_problem"][metric], float))
+                print(f"PAIRED {metric}: {mine.mean():.3f} - {name} {d[0]:+.3f} [{d[1]:.2f}, {d[2]:.2f}], p {d[3]:.3f}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def sample(start, out):
     from repirl_jax.verifiers.dispatch import verify
     from repirl_jax.config import apply_overrides
     c = apply_overrides(demo.default_config(), os.environ.get("OVR", "").split())
-    _, (train, test) = demo._problems(c)
+    _, (train, test) = demo.problems(c)
     pc, params = models.load(start)
     tok = models.load_tokenizer(start)
     train = train[:1024]
@@ -73,7 +73,7 @@ def train(start, out, name, args):
     policy_dir, init = kv.pop("policy", start), kv.pop("init", "")
     c = apply_overrides(demo.default_config(), os.environ.get("OVR", "").split())
     rl = apply_overrides(c.rl, [f"{k}={v}" for k, v in kv.items()])
-    _, (train_p, test) = demo._problems(c)
+    _, (train_p, test) = demo.problems(c)
     train_p, test = train_p[:1024], test[:200]
     pc, params = models.load(policy_dir)
     _, trunk = models.load(start)

@@ -22,7 +22,7 @@ def main(final, start, out):
     from repirl_jax.config import apply_overrides
 
     c = apply_overrides(demo.default_config(), os.environ.get("OVR", "").split())
-    _, (_, test) = demo._problems(c)
+    _, (_, test) = demo.problems(c)
     held = HeldOut(out, test[:200], models.load_tokenizer(start), c.rl.data.max_prompt_len)
     sc = eval_runner.PRMScorer.load(final)
     if sc.form != "head_logprob":

@@ -31,7 +31,7 @@ def main():
     from repirl_jax.data import prompts
 
     c = apply_overrides(demo.default_config(), os.environ.get("OVR", "").split())
-    _, (train, test) = demo._problems(c)
+    _, (train, test) = demo.problems(c)
     mc, params = models.load(a.start)
     tok = models.load_tokenizer(a.start)
     enc = prompts.encode(train, tok, c.rl.data.max_prompt_len)

@@ -36,7 +36,7 @@ def breakdown(path: str, test, c: demo.DemoConfig, samples: int = 4) -> dict:
 
 
 def held_out(c: demo.DemoConfig, problems: int):
-    return demo._problems(c)[1][1][:problems]
+    return demo.problems(c)[1][1][:problems]
 
 
 def main():

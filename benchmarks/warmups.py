@@ -26,7 +26,7 @@ def slip_floor(c: demo.DemoConfig, tok) -> float:
     warmup.slip_rate (its entropy), every other token determined."""
     p = c.warmup.slip_rate
     h = -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
-    easy, _ = demo._problems(c)
+    easy, _ = demo.problems(c)
     coins = sum(sum(1 for ln in e.meta["lines"][:-1] if ("+" in ln or "-" in ln)) for e in easy)
     tokens = sum(len(tok(e.experts[0] + tok.eos_token, add_special_tokens=False)["input_ids"]) for e in easy)
     return coins * h / tokens

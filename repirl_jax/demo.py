@@ -90,13 +90,12 @@ def default_config() -> DemoConfig:
         # 1e-5 barely moved it; on clean demonstrations 1e-4 lowered a start that already ranked well).
         # The policy uses the PRM to locate a failed rollout's failing step (the step it scores lowest)
         # and puts that rollout's outcome advantage on that step's tokens alone (credit=prm_step), with
-        # no process reward (alpha_p 0) at policy lr 1e-4: of the rePIRL variants tried at 3 seeds
-        # (README, docs/results.md) the best, +0.033 [0.01, 0.06] over RLOO (p 0.013), confirmed on a
-        # second held-out split (+0.028, p 0.03; rerun 2026-12-06: +0.036 and +0.042, about half of it
-        # from blaming one step at all, as credit=random_step does); the process reward on top (alpha_p
-        # 0.1, process advantage on the last token, kept for alpha_p > 0) gave 0.245 vs 0.247. Policy lr 1e-4 is
-        # RLOO's better lr here too (seed 0: 0.235 vs 0.190 at 3e-5); on clean demonstrations it
-        # lowered held-out accuracy.
+        # no process reward (alpha_p 0) at policy lr 1e-4 (RLOO's better lr here too). From the converged
+        # 2000-step start no rePIRL form beats RLOO (README "Which rePIRL form", docs/results.md): this one
+        # is level with it (5 starts: -0.008 [-0.03, 0.01] greedy), the paper's (credit=last, alpha_p 0.1,
+        # process_adv=token) below it (-0.024, p 0.007), and so is the ceiling of located credit, the exact
+        # first wrong step (credit=exact_step, seed 0: +0.022 [-0.02, 0.06] greedy, T=1 +0.002): the failures left are slips
+        # the policy is unsure of, where outcome RLOO's gradient already lands.
         # The trunk of that energy, a normalised LM, takes its exact max-likelihood gradient (SFT on the
         # experts and correct rollouts), the head the rePIRL loss (trunk_loss=sft): at 3 seeds the PRM ranks
         # 0.855 vs 0.824 with the trunk on the importance-sampled gradient, step AUROC 0.953 vs 0.900, the
@@ -111,7 +110,8 @@ def default_config() -> DemoConfig:
 METHODS = {"rloo": ["prm.loss=none", "policy.credit=last"], "repirl": []}  # RLOO has no PRM to locate errors with
 
 
-def _problems(c: DemoConfig):
+def problems(c: DemoConfig):
+    """(the warm-up's easy problems with noisy demonstrations, (the RL levels' train split, their held-out split))."""
     w, d = c.warmup, c.rl.data
     easy, _ = chain.splits(tasks.chain_task(d, min_steps=w.min_steps, max_steps=w.max_steps, seed=c.seed,
                                             slip_rate=w.slip_rate),
@@ -124,7 +124,7 @@ def imitation_setup(c: DemoConfig):
     optimiser config). A random-init model with a word-level tokenizer of the task, or (warmup.init) a
     pretrained model with its own."""
     w = c.warmup
-    easy, (hard_train, hard_test) = _problems(c)
+    easy, (hard_train, hard_test) = problems(c)
     if w.init:
         src = models.model_dir(w.init)
         mc, params = models.load(src)
@@ -207,7 +207,7 @@ def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) ->
     for name, cfg in cfgs.items():
         d = os.path.join(workdir, name)
         stage(name, os.path.join(d, "final", "policy", "config.json"), lambda: loop.run(cfg, d))
-    _, (_, test) = _problems(c)
+    _, (_, test) = problems(c)
     t0 = time.perf_counter()
     results = {"start": evaluate_run(c, start, None, test, c.seed)}
     for name, cfg in cfgs.items():
