@@ -90,16 +90,18 @@ def default_config() -> DemoConfig:
         # 1e-5 barely moved it; on clean demonstrations 1e-4 lowered a start that already ranked well).
         # The policy uses the PRM to locate a failed rollout's failing step (the step it scores lowest)
         # and puts that rollout's outcome advantage on that step's tokens alone (credit=prm_step), with
-        # no process reward (alpha_p 0) at policy lr 1e-4 (RLOO's better lr here too). From the converged
-        # 2000-step start no rePIRL form beats RLOO (README "Which rePIRL form", docs/results.md): this one
-        # is level with it (5 starts: -0.008 [-0.03, 0.01] greedy), the paper's (credit=last, alpha_p 0.1,
-        # process_adv=token) below it (-0.024, p 0.007), and so is the ceiling of located credit, the exact
-        # first wrong step (credit=exact_step, seed 0: +0.022 [-0.02, 0.06] greedy, T=1 +0.002): the failures left are slips
-        # the policy is unsure of, where outcome RLOO's gradient already lands.
+        # no process reward (alpha_p 0) at policy lr 1e-4, each method's best of 1e-4 / 2e-4 / 3e-4. From the
+        # converged 2000-step start no rePIRL form beats RLOO (README "Which rePIRL form", "The ceiling of
+        # located credit"; docs/results.md): this one at 3 RL seeds -0.020 [-0.05, 0.01] greedy, the paper's
+        # form (credit=last, alpha_p 0.1, process_adv=token) -0.024 (p 0.007) over 5 starts, and the ceiling
+        # of any locator, the exact first wrong step (credit=exact_step), -0.001 at 3 seeds: the failures
+        # left are slips the policy is unsure of, where outcome RLOO's gradient already lands. What the
+        # located credit buys is stability: at lr 3e-4 RLOO collapses (greedy 0.307 -> 0.050), rePIRL climbs
+        # to 0.393, level with the exact labels' 0.385.
         # The trunk of that energy, a normalised LM, takes its exact max-likelihood gradient (SFT on the
         # experts and correct rollouts), the head the rePIRL loss (trunk_loss=sft): at 3 seeds the PRM ranks
         # 0.855 vs 0.824 with the trunk on the importance-sampled gradient, step AUROC 0.953 vs 0.900, the
-        # same RL (README, docs/results.md).
+        # same RL (README, docs/results_w1200.md: the 1200-step start).
         prm=PRMConfig(form="head_logprob", logprob_init=1.0, score="sum", trunk_loss="sft",
                       optim=OptimConfig(lr=1e-4, grad_clip=10.0)),
         policy=PolicyConfig(alpha_p=0.0, process_adv="last", credit="prm_step",
