@@ -96,8 +96,9 @@ def default_config() -> DemoConfig:
         # form (credit=last, alpha_p 0.1, process_adv=token) -0.024 (p 0.007) over 5 starts, and the ceiling
         # of any locator, the exact first wrong step (credit=exact_step), -0.001 at 3 seeds: the failures
         # left are slips the policy is unsure of, where outcome RLOO's gradient already lands. What the
-        # located credit buys is stability: at lr 3e-4 RLOO collapses (greedy 0.307 -> 0.050), rePIRL climbs
-        # to 0.393, level with the exact labels' 0.385.
+        # located credit buys is stability: at lr 3e-4 RLOO falls below the start on 2 of 3 seeds (greedy
+        # 0.307 -> 0.050 / 0.378 / 0.138), rePIRL rises on all 3 (0.393 / 0.410 / 0.403; the exact labels'
+        # credit 0.385 at seed 0).
         # The trunk of that energy, a normalised LM, takes its exact max-likelihood gradient (SFT on the
         # experts and correct rollouts), the head the rePIRL loss (trunk_loss=sft): at 3 seeds the PRM ranks
         # 0.855 vs 0.824 with the trunk on the importance-sampled gradient, step AUROC 0.953 vs 0.900, the
