@@ -8,9 +8,7 @@ the issue-15 tables."""
 import sys, time, json, os, logging
 os.environ["TQDM_DISABLE"] = "1"
 logging.basicConfig(level=logging.WARNING)
-import numpy as np
-from repirl_jax import demo, loop
-from repirl_jax import evaluate as ev
+from repirl_jax import compare, demo, loop
 
 KEYS = ("pass@1_greedy", "prm/ranking", "prm/step_auroc", "prm_best_of", "maj@", "avg@", "logprob/ranking", "hash/ranking",
         "length/ranking", "lucky", "prm/fws_f1", "prm_min/ranking", "prm/auroc", "prm_init/ranking", "prm_init/best_of",
@@ -37,13 +35,15 @@ def main():
     print("RESULT", wd, sets, f"train_s={tr:.0f}",
           json.dumps({k: [round(x, 3) for x in sm[k]] for k in sm if k.startswith(KEYS)}), flush=True)
     demo_results = os.path.join(os.path.dirname(os.path.abspath(start)), "results.json")
-    if os.path.isfile(demo_results):
-        rows = json.load(open(demo_results))
-        for metric in ("pass@1_greedy", "avg@16"):
-            mine = np.asarray(res["per_problem"][metric], float)
-            for name, row in rows.items():
-                d = ev.paired_bootstrap(mine, np.asarray(row["per_problem"][metric], float))
-                print(f"PAIRED {metric}: {mine.mean():.3f} - {name} {d[0]:+.3f} [{d[1]:.2f}, {d[2]:.2f}], p {d[3]:.3f}")
+    if os.path.isfile(demo_results):  # its rows are `repirl compare` records of the same held-out problems
+        for name, row in json.load(open(demo_results)).items():
+            if "problem_ids" not in row:
+                sys.exit(f"{demo_results}: row {name!r} has no problem_ids (a demo report older than its "
+                         "`repirl compare` rows); rerun that demo's evaluation to pair with it")
+            for r in compare.compare_runs([row, res], [name, wd]):
+                if r["run"] == wd and r["metric"] in ("pass@1_greedy", "avg@16"):
+                    print(f"PAIRED {r['metric']}: {r['value [95% CI]']} - {name} {r[f'diff vs {name} [95% CI]']}, "
+                          f"p {r['p']:.3f}")
 
 
 if __name__ == "__main__":

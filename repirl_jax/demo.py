@@ -218,7 +218,7 @@ def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) ->
         prm_final = os.path.join(d, "final") if cfg.prm.loss != "none" else None
         results[name] = evaluate_run(c, os.path.join(d, "final", "policy"), prm_final, test, c.seed, start)
     times["evaluation"] = time.perf_counter() - t0
-    report = write_report(c, workdir, results, times, [p.meta["steps"] for p in test])
+    report = write_report(c, workdir, results, times, test)
     plots.plot_runs({m: os.path.join(workdir, m) for m in METHODS}, workdir)
     return report
 
@@ -245,9 +245,10 @@ def _slips(w: WarmupConfig) -> str:
             if w.slip_rate else "")
 
 
-def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, levels: list[int]) -> str:
+def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, test) -> str:
     d = c.rl.data
     N = c.eval_samples
+    levels = [p.meta["steps"] for p in test]
     rows = []
     for name, r in results.items():
         sm = r.summary
@@ -318,7 +319,8 @@ Reproduce: `repirl demo --workdir {workdir}`. Config: `{json.dumps(dataclasses.a
     with open(path, "w") as f:
         f.write(text)
     with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({k: r.to_json() for k, r in results.items()}, f)
+        # each row a `repirl compare` record: per-problem results keyed by problem id
+        json.dump({k: {"problem_ids": [p.id for p in test], **r.to_json()} for k, r in results.items()}, f)
     print(table)
     print()
     print(ev.markdown_table(diffs, list(diffs[0])))

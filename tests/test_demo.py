@@ -1,10 +1,13 @@
 """`repirl demo` end to end at toy size: every stage runs, the report has the table with CIs, the
 curves are PNGs, and a second call reuses the finished stages."""
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from repirl_jax import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--set", "warmup.steps=20", "--set", "warmup.n_train=200",
@@ -26,6 +29,9 @@ def test_demo_end_to_end(tmp_path):
         assert needle in report, report
     assert "| repirl |" in r.stdout  # the table is printed at the end
     assert (w / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    rows = json.loads((w / "results.json").read_text())  # each row a `repirl compare` record, paired by problem id
+    paired = compare.compare_runs([rows["rloo"], rows["repirl"]], ["rloo", "repirl"])
+    assert any(r["metric"] == "pass@1_greedy" and r["run"] == "repirl" and 0 <= r["p"] <= 1 for r in paired)
     for run in ("rloo", "repirl"):
         assert (w / run / "final" / "policy" / "config.json").is_file()
     assert (w / "start" / "tokenizer.json").is_file()
