@@ -235,7 +235,11 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         n_micro = pc.microbatches
         arrays = (mb.prompt_GP, mb.prompt_mask_GP, resp, resp_mask)
 
-        sft_trunk = pc.trunk_loss == "sft"
+        # trunk_lr_scale 0 (a probe on a frozen trunk): the trunk enters the loss stop-gradiented, so the
+        # backward pass never goes through it (2-3x less PRM compute, no trunk activations kept) and the
+        # SFT term, whose gradient only the trunk would take, is not computed
+        frozen_trunk = "trunk" in prm_params and pc.trunk_lr_scale == 0
+        sft_trunk = pc.trunk_loss == "sft" and not frozen_trunk
 
         def score(params, piece, sft=False):
             """token rewards [B, T], the trunk's token log-probs when sft (trunk_loss=sft; else None),
@@ -265,6 +269,8 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
 
         def loss_fn(params, piece):
             *seq_piece, c, y, pos = piece
+            if frozen_trunk:
+                params = {**params, "trunk": jax.lax.stop_gradient(params["trunk"])}
             r_BT, lp_BT, s, R = score(params, seq_piece, sft=sft_trunk)
             m = seq_piece[3].reshape(-1, T).astype(bool)
             B = m.shape[0]

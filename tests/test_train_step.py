@@ -390,6 +390,30 @@ def test_trunk_loss_sft_trains_the_trunk_on_the_positives_and_the_head_on_the_pr
     assert not trees_equal(states["sft"].prm["trunk"], states["repirl"].prm["trunk"])
 
 
+@pytest.mark.parametrize("trunk_loss", ["repirl", "sft"])
+def test_frozen_trunk_trains_the_head_alone(trunk_loss):
+    """prm.trunk_lr_scale=0 (a probe on a frozen trunk): the trunk stays bit-equal and, with clipping
+    off, the head takes the same update as with a trained trunk (its gradient at the same point)."""
+    b = synthetic_batch(np.random.RandomState(4), G=2, K=4, E=2, T=6)
+    opt = OptimConfig(lr=1e-3, grad_clip=1e12)
+    states, flops = {}, {}
+    for scale in (0.0, 1.0):
+        cfg = ts.StepConfig(CFG, CFG, PRMConfig(form="head_logprob", logprob_init=1.0, score="sum", trunk_loss=trunk_loss,
+                                                trunk_lr_scale=scale, microbatches=2, optim=opt),
+                            PolicyConfig(optim=OptimConfig(lr=0.0)))
+        step, state = ts.make_train_step(cfg), ts.init_state(cfg, fresh_params(0), fresh_params(1))
+        flops[scale] = step.lower(state, b).compile().cost_analysis()["flops"]
+        states[scale], m = step(state, b)
+        assert np.isfinite(m["prm_loss"])
+    # no backward pass through the frozen trunk (the policy's own step is the same in both)
+    assert flops[0.0] < 0.8 * flops[1.0], flops
+    assert trees_equal(states[0.0].prm["trunk"], fresh_params(1))
+    assert not trees_equal(states[1.0].prm["trunk"], fresh_params(1))
+    for k in ("w", "b", "c"):
+        np.testing.assert_allclose(states[0.0].prm["head"][k], states[1.0].prm["head"][k], rtol=1e-5, atol=1e-9)
+    assert not np.allclose(states[0.0].prm["head"]["w"], 0.0)
+
+
 def test_trunk_loss_sft_needs_head_logprob():
     from repirl_jax.config import ConfigError
     with pytest.raises(ConfigError, match="trunk_loss.*head_logprob"):
