@@ -11,11 +11,10 @@ Why this task (measured, README "A real LM"): zero-shot, SmolLM2-135M-Instruct a
 on 1-5-step chains. The expert lines ("12 + 16 = 28") are what it then writes, so
 `data.chain.step_labels` labels its steps exactly.
 
-CPU cost (2 cores): the warm-up about 14 s/step; RL (measured, 50 steps each from the same start):
-RLOO ~35-40 s/step (100 steps ~1 h), rePIRL ~70 s/step for the dual step and ~83 s/step in all
-(100 steps ~2.3 h: over the 2 h of issue 18). The rePIRL stage peaked at 23.5 GB resident: on a
-24 GB machine run nothing beside it (the evaluation after it was OOM-killed once with the test suite
-running alongside).
+CPU cost (2 cores, measured, README "A real LM"): the warm-up ~10 s/step (150 steps 25.6 min); RL median
+s/step (dual step + rollout) RLOO 36.5, rePIRL 52.5 (100 steps ~62 / ~88 min; ~83 s/step with the PRM trunk
+trained). A 3-step rePIRL run peaked at 15.4 GB resident (23.5 GB with the trunk trained, when the evaluation
+after it was once OOM-killed with the test suite alongside): on a 24 GB machine run little beside it.
 """
 from repirl_jax.config import DataConfig, LoopConfig, OptimConfig, PolicyConfig, PRMConfig, TrainConfig
 from repirl_jax.demo import DemoConfig, WarmupConfig
@@ -32,8 +31,8 @@ def config() -> DemoConfig:
             data=chain,
             # the demo's algorithm (repirl_jax/demo.py: the PRM locates a failed rollout's failing step, which
             # alone takes its outcome advantage; no process reward) at a pretrained model's learning rates.
-            # The PRM is a probe on a frozen trunk (trunk_lr_scale 0: no backward pass through it, so the
-            # dual step costs little more than RLOO's): c log p_trunk + w . h + b with (w, b, c) trained at
+            # The PRM is a probe on a frozen trunk (trunk_lr_scale 0: no backward pass through it; rePIRL
+            # 52.5 s/step vs RLOO's 36.5, was ~83): c log p_trunk + w . h + b with (w, b, c) trained at
             # 1e-4. At PRM lr 1e-6 (every parameter, 50 steps) the head did not move: ranking 0.705 vs 0.732
             # untrained (README "A real LM").
             prm=PRMConfig(form="head_logprob", logprob_init=1.0, score="sum", trunk_lr_scale=0.0,
