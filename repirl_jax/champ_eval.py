@@ -168,6 +168,19 @@ class RandomScorer:
         return np.where(mask_NT, self.rng.uniform(size=tokens_NT.shape), 0.0)
 
 
+@dataclasses.dataclass
+class LengthScorer:
+    """The null of what length alone says: every token's reward is its solution's token count, so
+    the solution score (AUROC) is the length, and every step of a solution scores the same (a
+    first wrong step is predicted at step 0, for the solutions on one side of the threshold)."""
+
+    cfg: object
+
+    def token_rewards(self, prompt_ids, tokens_NT, mask_NT, n: int) -> np.ndarray:
+        mask = np.asarray(mask_NT, bool)
+        return np.where(mask, mask.sum(-1, keepdims=True).astype(np.float64), 0.0)
+
+
 def run(scorers: dict, tokenizer, *, n_problems: int = 0, seed: int = 0, max_tokens: int = 1024,
         batch: int = 4) -> tuple[dict, dict]:
     """({name: summary}, {name: per-solution records}) of each scorer on all CHAMP problems, or a
@@ -200,7 +213,8 @@ def table(summaries: dict) -> str:
 
 def cli(args) -> int:
     """`repirl eval --champ [N] --policy DIR --prm FINAL [--prm-start START] [--seed S] [--out F]`:
-    the PRM, its untrained start (with --prm-start) and a random scorer on the same solutions."""
+    the PRM, its untrained start (with --prm-start), a random scorer and the length null on the same
+    solutions."""
     import json
 
     from . import eval_runner, models
@@ -214,6 +228,7 @@ def cli(args) -> int:
     if args.prm_start:
         scorers["prm_init"] = scorer.initial(models.load(args.prm_start))
     scorers["random"] = RandomScorer(scorer.cfg, args.seed)
+    scorers["length"] = LengthScorer(scorer.cfg)
     summaries, records = run(scorers, models.load_tokenizer(args.policy), n_problems=args.champ, seed=args.seed)
     print(table(summaries))
     sm = summaries["prm"]

@@ -134,14 +134,17 @@ def test_cli_eval_champ(exported, tmp_path):
     res = json.loads(out.read_text())
     assert res["summary"]["n_solutions"] == len(res["solutions"]) >= 10
     assert {"accuracy", "f1", "threshold"} <= res["summary"]["step"].keys() and len(res["summary"]["auroc"]) == 3
-    assert "| f1 step-score" in r.stdout and "AUROC" in r.stdout and "| prm | prm_init | random |" in r.stdout
+    assert "| f1 step-score" in r.stdout and "AUROC" in r.stdout and "| prm | prm_init | random | length |" in r.stdout
     # the nulls score the same solutions; the untrained head (w = 0) gives every token the same reward
     # and the random scorer different ones, so their solution scores differ from the PRM's
     nulls = res["nulls"]
-    assert set(nulls) == {"prm_init", "random"}
+    assert set(nulls) == {"prm_init", "random", "length"}
     assert all(v["n_solutions"] == res["summary"]["n_solutions"] and v["n_test"] == res["summary"]["n_test"]
                for v in nulls.values())
     assert nulls["random"]["auroc"] != res["summary"]["auroc"]
+    # the length null's solution score is the token count: its AUROC is length's against "no wrong step"
+    lengths = [s["tokens"] for s in res["solutions"]]
+    assert nulls["length"]["auroc"][0] == pytest.approx(ev.auroc(lengths, [s["label"] is None for s in res["solutions"]]))
     r = repirl("eval", "--champ", "--policy", exported / "policy")
     assert r.returncode == 2 and "--champ needs --prm" in r.stderr
 
