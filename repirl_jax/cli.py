@@ -220,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_eval)
 
     cp = sub.add_parser("compare", help="paired bootstrap over problems between `repirl eval --out` files: "
-                                        "differences vs the first, with 95%% CIs and p-values")
-    cp.add_argument("runs", nargs="+", metavar="RUN.json")
+                                        "differences vs the first, with 95%% CIs and p-values; A0.json,A1.json "
+                                        "(comma-separated seeds of one method) compares their per-problem mean")
+    cp.add_argument("runs", nargs="+", metavar="RUN.json[,SEED2.json,...]")
     cp.add_argument("--seed", type=int, default=0)
     cp.set_defaults(fn=cmd_compare)
 

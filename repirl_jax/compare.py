@@ -33,6 +33,27 @@ def load_run(path: str) -> dict:
     return run
 
 
+def pool_seeds(runs: Sequence[dict], name: str) -> dict:
+    """One run whose per-problem values are the mean over `runs` (seeds of one method, evaluated on
+    the same problems, aligned by problem id): comparing pooled runs is the paired bootstrap over
+    problems of the per-problem mean over seeds (as benchmarks/ablations.py). A value missing in
+    any seed is missing in the pool; a metric missing in any seed is left out."""
+    ids = list(runs[0]["problem_ids"])
+    keys = [k for k in runs[0]["per_problem"] if all(k in r["per_problem"] for r in runs[1:])]
+    per_problem = {}
+    for k in keys:
+        x = np.empty((len(runs), len(ids)))
+        for j, r in enumerate(runs):
+            if set(r["problem_ids"]) != set(ids):
+                raise CompareError(f"{name}: its seeds were evaluated on different problems; pool seeds of one "
+                                   "evaluation split")
+            pos = {pid: i for i, pid in enumerate(r["problem_ids"])}
+            x[j] = [np.nan if r["per_problem"][k][pos[pid]] is None else r["per_problem"][k][pos[pid]] for pid in ids]
+        m = x.mean(0)
+        per_problem[k] = [None if np.isnan(v) else float(v) for v in m]
+    return {"problem_ids": ids, "per_problem": per_problem}
+
+
 def compare_runs(runs: Sequence[dict], names: Sequence[str], n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """One row per (shared metric, run): the run's mean with a bootstrap CI and, for every run but
     the first, the paired difference run - first with its CI and two-sided p-value
@@ -71,13 +92,16 @@ def compare_runs(runs: Sequence[dict], names: Sequence[str], n_boot: int = 2000,
 
 
 def compare_files(paths: Sequence[str], n_boot: int = 2000, seed: int = 0) -> str:
-    """The markdown table of compare_runs for eval JSON files (named by file name)."""
+    """The markdown table of compare_runs for eval JSON files (named by file name); an argument of
+    comma-separated files (one method's seeds) is their pool_seeds."""
     if len(paths) < 2:
         raise CompareError("compare needs at least two eval files")
-    names = [os.path.basename(p) for p in paths]
+    names = [",".join(os.path.basename(q) for q in p.split(",")) for p in paths]
     if len(set(names)) < len(names):
         names = list(paths)
-    rows = compare_runs([load_run(p) for p in paths], names, n_boot, seed)
+    runs = [pool_seeds([load_run(q) for q in p.split(",")], name) if "," in p else load_run(p)
+            for p, name in zip(paths, names)]
+    rows = compare_runs(runs, names, n_boot, seed)
     cols = ["metric", "run", "n", "value [95% CI]", f"diff vs {names[0]} [95% CI]", "p"]
     return ev.markdown_table(rows, cols)
 

@@ -41,6 +41,22 @@ def test_compare_three_runs_and_missing_values(tmp_path):
     assert rows[2]["diff vs r0 [95% CI]"].startswith("-0.500")
 
 
+def test_compare_pools_seeds_as_per_problem_means(tmp_path, capsys):
+    ids = ["p1", "p2", "p3"]
+    a0 = write(tmp_path / "a0.json", ids, {"acc": [1, 0, 0], "x": [1, 1, 1]})
+    a1 = write(tmp_path / "a1.json", ids[::-1], {"acc": [1, None, 1]})  # p3, p2, p1: aligned by problem id
+    b = write(tmp_path / "b.json", ids, {"acc": [1, 1, 1]})
+    pooled = compare.pool_seeds([compare.load_run(a0), compare.load_run(a1)], "a")
+    assert pooled["per_problem"] == {"acc": [1.0, None, 0.5]}  # a missing seed value is missing; x not in a1
+    assert cli.main(["compare", f"{a0},{a1}", b]) == 0
+    out = capsys.readouterr().out
+    m, lo, hi, p = ev.paired_bootstrap([1, 1], [1.0, 0.5])
+    assert f"| acc | b.json | 3 | 1.000 [1.00, 1.00] | {ev.format_ci(m, lo, hi)} |" in out and "a0.json,a1.json" in out
+    c = write(tmp_path / "c.json", ["p1", "p2", "p9"], {"acc": [1, 1, 1]})
+    assert cli.main(["compare", f"{a0},{c}", b]) == 2
+    assert "its seeds were evaluated on different problems" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content,needle", [
     ({"problem_ids": ["p2", "p9"], "per_problem": {"acc": [1, 0]}}, "different problems (2 differ, e.g. 'p3')"),
     ({"problem_ids": ["p1", "p2"], "per_problem": {"acc": [1]}}, "per_problem['acc'] has 1 values for 2 problems"),
