@@ -14,7 +14,7 @@ def cmd_demo(args) -> int:
     from . import demo
 
     cfg = load_config(args.config, []) if args.config else demo.default_config()
-    report = demo.run(cfg, args.workdir, args.set or [])
+    report = demo.run(cfg, args.workdir, args.set or [], args.config or "")
     print(f"\nreport: {report}")
     return 0
 

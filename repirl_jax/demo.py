@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import time
 
 import jax
@@ -188,7 +189,11 @@ def evaluate_run(c: DemoConfig, policy_dir: str, prm_final: str | None, test, se
                                 workers=c.rl.train.verify_workers, timeout_s=c.rl.train.verify_timeout_s)
 
 
-def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) -> str:
+def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = (), config_path: str = "") -> str:
+    """Every stage (each reused when done), then report.md; `config_path` (the --config file c came
+    from) and `overrides` go into the report's command line."""
+    command = shlex.join(["repirl", "demo", "--workdir", workdir, *(["--config", config_path] if config_path else []),
+                          *[a for o in overrides for a in ("--set", o)]])
     c = apply_overrides(c, list(overrides))
     os.makedirs(workdir, exist_ok=True)
     times_path = os.path.join(workdir, "stage_times.json")  # a reused stage reports the time it took when it ran
@@ -218,7 +223,7 @@ def run(c: DemoConfig, workdir: str = "runs/demo", overrides: list[str] = ()) ->
         prm_final = os.path.join(d, "final") if cfg.prm.loss != "none" else None
         results[name] = evaluate_run(c, os.path.join(d, "final", "policy"), prm_final, test, c.seed, start)
     times["evaluation"] = time.perf_counter() - t0
-    report = write_report(c, workdir, results, times, test)
+    report = write_report(c, workdir, results, times, test, command)
     plots.plot_runs({m: os.path.join(workdir, m) for m in METHODS}, workdir)
     return report
 
@@ -245,7 +250,7 @@ def _slips(w: WarmupConfig) -> str:
             if w.slip_rate else "")
 
 
-def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, test) -> str:
+def write_report(c: DemoConfig, workdir: str, results: dict, times: dict, test, command: str = "") -> str:
     d = c.rl.data
     N = c.eval_samples
     levels = [p.meta["steps"] for p in test]
@@ -313,7 +318,7 @@ Paired bootstrap over the same held-out problems:
 {prm_detail}
 
 Curves: `curves.png` (rollout accuracy, PRM loss, reward gap, ESS, entropy, response length per step).
-Reproduce: `repirl demo --workdir {workdir}`. Config: `{json.dumps(dataclasses.asdict(c))}`
+Reproduce: `{command or 'repirl demo --workdir ' + workdir}`. Config: `{json.dumps(dataclasses.asdict(c))}`
 """
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:

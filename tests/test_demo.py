@@ -2,6 +2,7 @@
 curves are PNGs, and a second call reuses the finished stages."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -28,6 +29,7 @@ def test_demo_end_to_end(tmp_path):
                    "| logprob |", "| method | correct | slip | arithmetic | copy |"):
         assert needle in report, report
     assert "| repirl |" in r.stdout  # the table is printed at the end
+    assert f"Reproduce: `{shlex.join(['repirl', 'demo', '--workdir', str(w), *SMALL])}`" in report  # the overrides too
     assert (w / "curves.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((w / "results.json").read_text())  # each row a `repirl compare` record, paired by problem id
     paired = compare.compare_runs([rows["rloo"], rows["repirl"]], ["rloo", "repirl"])
