@@ -33,25 +33,28 @@ def load_run(path: str) -> dict:
     return run
 
 
+def _aligned(run: dict, ids: Sequence[str]) -> dict:
+    """{metric: [len(ids)] float array} of a run's per-problem values in the order of `ids` (NaN where null)."""
+    pos = {pid: i for i, pid in enumerate(run["problem_ids"])}
+    order = [pos[pid] for pid in ids]
+    return {k: np.array([np.nan if v[i] is None else v[i] for i in order], np.float64)
+            for k, v in run["per_problem"].items()}
+
+
 def pool_seeds(runs: Sequence[dict], name: str) -> dict:
     """One run whose per-problem values are the mean over `runs` (seeds of one method, evaluated on
     the same problems, aligned by problem id): comparing pooled runs is the paired bootstrap over
     problems of the per-problem mean over seeds (as benchmarks/ablations.py). A value missing in
     any seed is missing in the pool; a metric missing in any seed is left out."""
     ids = list(runs[0]["problem_ids"])
-    keys = [k for k in runs[0]["per_problem"] if all(k in r["per_problem"] for r in runs[1:])]
-    per_problem = {}
-    for k in keys:
-        x = np.empty((len(runs), len(ids)))
-        for j, r in enumerate(runs):
-            if set(r["problem_ids"]) != set(ids):
-                raise CompareError(f"{name}: its seeds were evaluated on different problems; pool seeds of one "
-                                   "evaluation split")
-            pos = {pid: i for i, pid in enumerate(r["problem_ids"])}
-            x[j] = [np.nan if r["per_problem"][k][pos[pid]] is None else r["per_problem"][k][pos[pid]] for pid in ids]
-        m = x.mean(0)
-        per_problem[k] = [None if np.isnan(v) else float(v) for v in m]
-    return {"problem_ids": ids, "per_problem": per_problem}
+    if any(set(r["problem_ids"]) != set(ids) for r in runs[1:]):
+        raise CompareError(f"{name}: its seeds were evaluated on different problems; pool seeds of one "
+                           "evaluation split")
+    aligned = [_aligned(r, ids) for r in runs]
+    keys = [k for k in aligned[0] if all(k in a for a in aligned[1:])]
+    means = {k: np.mean([a[k] for a in aligned], axis=0) for k in keys}
+    return {"problem_ids": ids, "per_problem": {k: [None if np.isnan(v) else float(v) for v in m]
+                                                for k, m in means.items()}}
 
 
 def compare_runs(runs: Sequence[dict], names: Sequence[str], n_boot: int = 2000, seed: int = 0) -> list[dict]:
@@ -67,10 +70,7 @@ def compare_runs(runs: Sequence[dict], names: Sequence[str], n_boot: int = 2000,
             only = sorted(set(run["problem_ids"]) ^ set(base_ids))
             raise CompareError(f"{name} and {names[0]} were evaluated on different problems "
                                f"({len(only)} differ, e.g. {only[0]!r}); compare runs on the same problems")
-        pos = {pid: i for i, pid in enumerate(run["problem_ids"])}
-        order = [pos[pid] for pid in base_ids]
-        aligned.append({k: np.array([np.nan if v[i] is None else v[i] for i in order], np.float64)
-                        for k, v in run["per_problem"].items()})
+        aligned.append(_aligned(run, base_ids))
     shared = [k for k in aligned[0] if all(k in a for a in aligned[1:])]
     if not shared:
         raise CompareError(f"{', '.join(names)} share no per-problem metric")
