@@ -270,7 +270,7 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     dt = jnp.dtype(cfg.dtype)
     if positions_BL is None:
         positions_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-    S = L if cache is None else cache["k"].shape[3]
+    S = L if cache is None else (cache["k"][0] if is_split(cache) else cache["k"]).shape[-2]
     if valid_BS is None:  # packed rows: segment 0 is padding
         valid_BS = jnp.ones((B, S), bool) if segments_BL is None else segments_BL > 0
     cos_sin = rope.cos_sin(cfg, positions_BL)
@@ -302,16 +302,61 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
 
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
-    x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (params["layers"], cache, pre_kv),
-                                 unroll=cfg.layer_unroll if cache is None else 1)
-    if cache is not None and per_row:  # new [layers, B, K, L, Dh] -> c[:, b, :, index_BL[b, l]]
-        rows_BL = jnp.broadcast_to(jnp.arange(B)[:, None], (B, L))
-        write = lambda c, n: c.at[:, rows_BL, :, index_BL].set(n.transpose(1, 3, 0, 2, 4).astype(c.dtype), mode="drop")
-        cache = {"k": write(cache["k"], new_kv[0]), "v": write(cache["v"], new_kv[1])}
-    elif cache is not None:  # one in-place write of all layers' new keys / values
-        write = lambda c, n: jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0, 0, 0, cache_index, 0))
-        cache = {"k": write(cache["k"], new_kv[0]), "v": write(cache["v"], new_kv[1])}
+    split = is_split(params["layers"])
+    if not split and any(t is not None and is_split(t) for t in (cache, pre_kv)):
+        raise ValueError("hidden_states: a per-layer (decode_split) cache needs per-layer params (decode_params)")
+    if split:  # per-layer arrays (`decode_split`): one Python step per layer, caches read in place
+        at = lambda tree, i: None if tree is None else {k: v[i] for k, v in tree.items()}
+        outs = []
+        for i in range(cfg.num_layers):
+            x_BLD, kv = layer(x_BLD, (at(params["layers"], i), at(cache, i), at(pre_kv, i)))
+            outs.append(kv)
+        new_kv = None if cache is None else tuple(zip(*outs))  # ([B, K, L, Dh] per layer,) for k and v
+    else:
+        x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (params["layers"], cache, pre_kv),
+                                     unroll=cfg.layer_unroll if cache is None else 1)
+    if cache is not None:
+        if per_row:  # new [(layers,) B, K, L, Dh] -> c[(:,) b, :, index_BL[b, l]], a scatter
+            rows_BL = jnp.broadcast_to(jnp.arange(B)[:, None], (B, L))
+
+            def write(c, n):
+                if c.ndim == 4:
+                    return c.at[rows_BL, :, index_BL].set(n.transpose(0, 2, 1, 3).astype(c.dtype), mode="drop")
+                return c.at[:, rows_BL, :, index_BL].set(n.transpose(1, 3, 0, 2, 4).astype(c.dtype), mode="drop")
+        else:  # one in-place slice write (of all layers, when stacked)
+            write = lambda c, n: jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0,) * (c.ndim - 2) + (cache_index, 0))
+        if is_split(cache):
+            cache = {k: tuple(write(c, n) for c, n in zip(cache[k], new)) for k, new in zip("kv", new_kv)}
+        else:
+            cache = {k: write(cache[k], jnp.stack(new) if split else new) for k, new in zip("kv", new_kv)}
     return rms_norm(x_BLD, params["final_norm"], cfg.rms_norm_eps), cache
+
+
+def is_split(tree: dict) -> bool:
+    """Whether a tree of layer arrays ({name: ...}: the params' layers, a KV cache) is in the
+    per-layer form of `decode_split` (a tuple of arrays per name) rather than stacked [layers, ...]."""
+    return isinstance(next(iter(tree.values())), tuple)
+
+
+def decode_split(tree: dict) -> dict:
+    """A tree of layer-stacked arrays ({name: [layers, ...]}: the params' layers, a KV cache) in
+    the form a decode loop should carry or close over: on XLA:CPU one tuple of per-layer arrays per
+    name (`hidden_states` then runs a Python loop over the layers), elsewhere unchanged.
+
+    Why: a scan over stacked arrays takes layer i's weights and cache with a dynamic-slice, and
+    XLA:CPU copies each slice into a fresh buffer before the dot that reads it: every layer of
+    every decode step, on SmolLM2-135M 538 MB of weights plus the KV cache per generated token
+    (about as long as the matmuls themselves). As separate buffers, the dots read them in place
+    and a decode step writes its new keys into each layer's buffer. Costs a second copy of the
+    layer weights while a decode loop runs; GPU and TPU fuse the slice into the dot and keep the scan."""
+    if jax.default_backend() != "cpu" or is_split(tree):
+        return tree
+    return {k: tuple(v[i] for i in range(v.shape[0])) for k, v in tree.items()}
+
+
+def decode_params(params: Params) -> Params:
+    """The params with their layers in `decode_split`'s form (the embedding and head unchanged)."""
+    return dict(params, layers=decode_split(params["layers"]))
 
 
 def unembed(cfg: ModelConfig, params: Params, h_BLD: jax.Array, layout: Layout | None = None) -> jax.Array:
