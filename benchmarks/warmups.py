@@ -6,6 +6,10 @@ of the slip coin (the loss a perfect imitator of the noisy demonstrations reache
 start in OUT/warmups.jsonl; a finished start is reused.
 
     python -m benchmarks.warmups OUT --seeds 0 2 --variant base --variant long warmup.steps=2000
+    python -m benchmarks.warmups OUT --config configs/demo_smollm2.py --variant pm rl.data.ops=+- ...
+
+--config: the demo config the variants start from (a configs/*.py file, as `repirl demo --config`;
+default the toy demo's).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import os
 import time
 
 from repirl_jax import demo, models
+from repirl_jax.cli import load_config
 from repirl_jax.config import apply_overrides
 
 from .start_errors import breakdown, held_out
@@ -38,7 +43,9 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--variant", nargs="+", action="append", required=True, help="NAME [key=value ...]")
     ap.add_argument("--problems", type=int, default=200)
+    ap.add_argument("--config", help="a configs/*.py file whose config() is a demo.DemoConfig (default: the demo's)")
     a = ap.parse_args()
+    base = load_config(a.config, []) if a.config else demo.default_config()
     os.makedirs(a.out, exist_ok=True)
     log_path = os.path.join(a.out, "warmups.jsonl")
     done = {(r["variant"], r["seed"]) for r in map(json.loads, open(log_path))} if os.path.isfile(log_path) else set()
@@ -46,7 +53,7 @@ def main():
         for seed in a.seeds:
             if (name, seed) in done:
                 continue
-            c = apply_overrides(demo.default_config(), [*overrides, f"seed={seed}"])
+            c = apply_overrides(base, [*overrides, f"seed={seed}"])
             wd = os.path.join(a.out, f"{name}_s{seed}")
             os.makedirs(wd, exist_ok=True)
             t0 = time.perf_counter()
