@@ -158,7 +158,11 @@ def _generate(cfg: ModelConfig, params, tokens_BP, valid_BP, key, row0, temperat
               layout: Layout | None):
     B, P = tokens_BP.shape
     N, M, W = B * num_samples, max_new, stop_JW.shape[1]
-    dparams = transformer.decode_params(params)  # the decode loop's (the prefill runs once: the scan is fine)
+    # The decode loop reads per-layer buffers on CPU (transformer.decode_split; the prefill runs once and
+    # keeps the scan). Not `_run_slots`: split there too (commit ea95598), 8 prompts x 4 samples x 128 tokens
+    # in 32 slots took 42.9 / 45.6 s against 41.0 / 43.5 s stacked (two alternated runs), its threads'
+    # time 42 vs 60 s: less work, but less of it ran on both cores. Not understood yet.
+    dparams = transformer.decode_params(params)
     positions_BP = jnp.maximum(jnp.cumsum(valid_BP, axis=-1) - 1, 0).astype(jnp.int32)
     prompt_cache = transformer.init_cache(cfg, B, P, layout)
     h_BPD, prompt_cache = transformer.hidden_states(cfg, params, tokens_BP, positions_BL=positions_BP,
@@ -211,7 +215,7 @@ def _slot_state(cfg: ModelConfig, S: int, P: int, M: int, W: int, R: int, layout
     z = lambda shape, dt, v=0: jnp.full(shape, v, dt)
     cache = transformer.init_cache(cfg, S, P + M, layout)  # k and v are one buffer there: the state is donated
     stage = transformer.init_cache(cfg, 1, P)
-    return dict(cache=transformer.decode_split(dict(cache, v=cache["v"].copy())), stage=dict(stage, v=stage["v"].copy()),
+    return dict(cache=dict(cache, v=cache["v"].copy()), stage=dict(stage, v=stage["v"].copy()),
                 stage_logits=z((1, cfg.vocab_size), jnp.float32), staged=jnp.int32(-1), req=z((S,), jnp.int32, R),
                 step=z((S,), jnp.int32), last=z((S,), jnp.int32), done=z((S,), bool, True),
                 recent=z((S, W), jnp.int32, -2), valid=z((S, P + M), bool), pos=z((S,), jnp.int32),
@@ -235,7 +239,6 @@ def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temp
     """
     B, P = tokens_BP.shape
     (S, X), R = s["valid"].shape, B * num_samples
-    dparams = transformer.decode_params(params)  # the decode steps' (prefills are one per prompt: the scan is fine)
     pos_BP = jnp.maximum(jnp.cumsum(valid_BP, axis=-1) - 1, 0).astype(jnp.int32)
 
     def pick(logits_NV, req_N, step_N):
@@ -269,7 +272,8 @@ def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temp
         stage, logits_1V = jax.lax.cond(s["staged"] == b, lambda: (s["stage"], s["stage_logits"]), lambda: prefill(b))
         tok, lp, slp = pick(logits_1V, req[None], jnp.zeros((1,), jnp.int32))
         at = lambda buf, v: buf.at[slot].set(v)
-        s = dict(s, cache=_put_rows(s["cache"], stage, slot),
+        s = dict(s, cache=jax.tree.map(lambda c, n: jax.lax.dynamic_update_slice(c, n, (0, slot, 0, 0, 0)), s["cache"],
+                                       stage),
                  stage=stage, stage_logits=logits_1V, staged=b, req=at(s["req"], req), step=at(s["step"], 0),
                  done=at(s["done"], False), recent=at(s["recent"], -2),
                  valid=at(s["valid"], jnp.concatenate([valid_BP[b], jnp.ones((X - P,), bool)])),
@@ -282,7 +286,7 @@ def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temp
 
     def decode(s):
         h_S1D, cache = transformer.hidden_states(
-            cfg, dparams, s["last"][:, None], positions_BL=(s["pos"] + s["step"] - 1)[:, None], valid_BS=s["valid"],
+            cfg, params, s["last"][:, None], positions_BL=(s["pos"] + s["step"] - 1)[:, None], valid_BS=s["valid"],
             cache=s["cache"], cache_index=P + s["step"] - 1, layout=layout)
         out = pick(transformer.unembed(cfg, params, h_S1D, layout)[:, 0], s["req"], s["step"])
         return emit(dict(s, cache=cache, iters=s["iters"] + 1), jnp.ones((S,), bool), *out)
@@ -294,15 +298,6 @@ def _run_slots(cfg: ModelConfig, params, s, tokens_BP, valid_BP, key, row0, temp
 
     s = jax.lax.while_loop(cond, (lambda s: fill(decode(s))) if in_loop else decode, fill(s))
     return s, (s["queue"] >= R) & jnp.all(s["done"])
-
-
-def _put_rows(cache: dict, new: dict, row) -> dict:
-    """The cache with `new`'s rows ([layers, n, ...], stacked) written from row `row` on, in either
-    form of the cache (stacked [layers, S, ...] or per layer: `transformer.decode_split`)."""
-    if transformer.is_split(cache):
-        return {k: tuple(jax.lax.dynamic_update_slice(c, new[k][i], (row, 0, 0, 0)) for i, c in enumerate(cs))
-                for k, cs in cache.items()}
-    return {k: jax.lax.dynamic_update_slice(c, new[k], (0, row, 0, 0, 0)) for k, c in cache.items()}
 
 
 SLOT_KEYS = ("req", "step", "last", "done", "recent", "valid", "pos")  # the state's per-slot arrays (axis 0)
@@ -318,12 +313,8 @@ def _compact(s: dict, *, slots: int, layout: Layout | None) -> dict:
 @partial(jax.jit, static_argnames=("slots", "layout"))  # no donation: every output is smaller than its input
 def _take_slots(s: dict, *, slots: int, layout: Layout | None) -> dict:
     keep = jnp.argsort(s["done"], stable=True)[:slots]  # live slots first
-    if transformer.is_split(s["cache"]):
-        cache = {k: tuple(sharding.constrain(layout, jnp.take(c, keep, axis=0), transformer.CACHE_AXES[1:]) for c in cs)
-                 for k, cs in s["cache"].items()}
-    else:
-        cache = {k: sharding.constrain(layout, jnp.take(c, keep, axis=1), transformer.CACHE_AXES)
-                 for k, c in s["cache"].items()}
+    cache = {k: sharding.constrain(layout, jnp.take(c, keep, axis=1), transformer.CACHE_AXES)
+             for k, c in s["cache"].items()}
     return dict(cache=cache, **{k: s[k][keep] for k in SLOT_KEYS})
 
 

@@ -63,6 +63,42 @@ def test_kv_cache_decode_equals_full_forward(tiny_hf):
     np.testing.assert_allclose(np.concatenate(got, axis=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_row", [False, True])
+def test_per_layer_decode_equals_stacked_scan(tiny_hf, per_row):
+    """The decode loops' per-layer form on CPU (transformer.decode_split: params and KV cache as one
+    buffer per layer, a Python loop over layers) gives the stacked scan's hidden states and cache,
+    with a shared prefix (2 samples per prompt) and either cache index (one scalar, or per row as
+    continuous batching writes); the stacked form is what GPU and TPU run."""
+    from repirl_jax.models import transformer
+
+    path, _ = tiny_hf("qwen2")
+    cfg, params = models.load(path)
+    P, S, R = 6, 8, 2
+    prompt = random_tokens(cfg.vocab_size, (1, P), seed=4)
+    pre = models.init_cache(cfg, 1, P)
+    _, pre = models.hidden_states(cfg, params, prompt, cache=pre, cache_index=0)
+    prefix = dict(pre, valid=jnp.ones((1, P), bool))
+    split_prefix = dict(transformer.decode_split(pre), valid=prefix["valid"])
+    assert transformer.is_split(split_prefix) and len(split_prefix["k"]) == cfg.num_layers
+    k = jax.random.normal(jax.random.key(0), (cfg.num_layers, R, cfg.num_kv_heads, S, cfg.head_dim))
+    cache = {"k": k, "v": 0.5 * k}
+    index = jnp.array([2, 5]) if per_row else 3
+    tok = random_tokens(cfg.vocab_size, (R, 1), seed=5)
+    kw = dict(positions_BL=P + jnp.reshape(jnp.broadcast_to(index, (R,)), (R, 1)), valid_BS=jnp.ones((R, S), bool),
+              cache_index=index)
+    h0, c0 = models.hidden_states(cfg, params, tok, cache=cache, prefix=prefix, **kw)
+    h1, c1 = models.hidden_states(cfg, transformer.decode_params(params), tok, cache=transformer.decode_split(cache),
+                                  prefix=split_prefix, **kw)
+    np.testing.assert_allclose(np.asarray(h1), np.asarray(h0), atol=1e-6)  # op by op (no jit): roundoff
+    for name in ("k", "v"):
+        new, old = np.stack(c1[name]), np.asarray(c0[name])
+        np.testing.assert_allclose(new, old, atol=1e-6)
+        written = np.abs(old - np.asarray(cache[name])).max(axis=(0, 2, 4)) > 0  # [R, S]: the slots this step wrote
+        np.testing.assert_array_equal(written, np.arange(S)[None] == np.broadcast_to(index, (R,))[:, None])
+    with pytest.raises(ValueError, match="per-layer"):
+        models.hidden_states(cfg, params, tok, cache=transformer.decode_split(cache), **kw)
+
+
 def test_bfloat16_compute_keeps_float32_logits(tiny_hf):
     path, _ = tiny_hf("llama_tied")
     cfg32, params32 = models.load(path)
