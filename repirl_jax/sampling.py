@@ -5,7 +5,8 @@ of a prompt share its prefill and its keys (a prefix cache read by all K).
 State of the decode loop (all device arrays, N = prompts * num_samples, M = max_new_tokens):
   step        int32 []          next output index to write
   cache       {k, v}            [layers, N, kv_heads, M, head_dim], the completions' keys and values
-                                (the prompts' are a read-only prefix cache [layers, prompts, ...])
+                                (the prompts' are a read-only prefix cache [layers, prompts, ...]);
+                                on CPU both as one buffer per layer (transformer.decode_split)
   last        int32 [N]         token fed at this step
   done        bool  [N]         row has emitted EOS or a stop sequence (later tokens masked out)
   recent      int32 [N, W]      the row's last W tokens, W = longest stop sequence

@@ -263,6 +263,8 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     (the K samples of a prompt); positions must continue from it.
     segments_BL (no cache): packed rows, several sequences per row (int ids, 0 = padding): a token
     attends only to earlier tokens of its own segment; pass positions_BL restarting in each.
+    params, cache and prefix may be in `decode_split`'s per-layer form (a decode loop on CPU): the
+    layers then run as a Python loop and the returned cache keeps that form.
     """
     if segments_BL is not None and cache is not None:
         raise ValueError("hidden_states: segments_BL (packed rows) is for passes without a KV cache")
