@@ -171,16 +171,14 @@ def run(out: str | None = None, reps: int = 1, small: bool = False, G: int = 8, 
     """`reps` is accepted for the CLI's sake: one iteration is timed per side (after a warm-up).
     merge: keep the other sides' results from an earlier run's `out` of the same size (the sides
     can then run as separate processes, each within a time limit)."""
-    if "trl" in sides:  # before our side's minutes of work, not after (as `repirl bench iteration` checks)
-        import importlib.util
+    if "trl" in sides:  # before our side's minutes of work, not after (the check `repirl bench iteration` makes)
+        import argparse
 
-        from repirl_jax.cli import NEEDS
+        from repirl_jax.cli import missing_modules
 
-        modules, how = NEEDS[("bench", "iteration")]
-        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        missing = missing_modules(argparse.Namespace(command="bench", name="iteration"))
         if missing:
-            raise SystemExit(f"benchmarks.iteration: the trl side needs {', '.join(missing)}, not installed: {how} "
-                             "(or --sides ours,repirl)")
+            raise SystemExit(f"{missing} (or --sides ours,repirl)")
     cfg, params, tok, path = load(small)
     problems, ids = problems_and_ids(tok, G)
     res = dict(bench="iteration", machine=machine(), model="tiny random" if small else "SmolLM2-135M-Instruct",

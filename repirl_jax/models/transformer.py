@@ -305,8 +305,8 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
     split = is_split(params["layers"])
-    if not split and any(t is not None and is_split(t) for t in (cache, pre_kv)):
-        raise ValueError("hidden_states: a per-layer (decode_split) cache needs per-layer params (decode_params)")
+    if any(t is not None and is_split(t) != split for t in (cache, pre_kv)):
+        raise ValueError("hidden_states: params, cache and prefix must all be per-layer (decode_split) or all stacked")
     if split:  # per-layer arrays (`decode_split`): one Python step per layer, caches read in place
         at = lambda tree, i: None if tree is None else {k: v[i] for k, v in tree.items()}
         outs = []
@@ -327,10 +327,10 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
                 return c.at[:, rows_BL, :, index_BL].set(n.transpose(1, 3, 0, 2, 4).astype(c.dtype), mode="drop")
         else:  # one in-place slice write (of all layers, when stacked)
             write = lambda c, n: jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0,) * (c.ndim - 2) + (cache_index, 0))
-        if is_split(cache):
+        if split:
             cache = {k: tuple(write(c, n) for c, n in zip(cache[k], new)) for k, new in zip("kv", new_kv)}
         else:
-            cache = {k: write(cache[k], jnp.stack(new) if split else new) for k, new in zip("kv", new_kv)}
+            cache = {k: write(cache[k], new) for k, new in zip("kv", new_kv)}
     return rms_norm(x_BLD, params["final_norm"], cfg.rms_norm_eps), cache
 
 

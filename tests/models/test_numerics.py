@@ -95,7 +95,7 @@ def test_per_layer_decode_equals_stacked_scan(tiny_hf, per_row):
         np.testing.assert_allclose(new, old, atol=1e-6)
         written = np.abs(old - np.asarray(cache[name])).max(axis=(0, 2, 4)) > 0  # [R, S]: the slots this step wrote
         np.testing.assert_array_equal(written, np.arange(S)[None] == np.broadcast_to(index, (R,))[:, None])
-    with pytest.raises(ValueError, match="per-layer"):
+    with pytest.raises(ValueError, match="per-layer .* or all stacked"):
         models.hidden_states(cfg, params, tok, cache=transformer.decode_split(cache), **kw)
 
 
