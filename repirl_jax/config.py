@@ -122,6 +122,10 @@ class PRMConfig:
     head_scale: float = 1.0  # [ours] head forms: r = head_scale * (w . h + b) (+ c log p), a head lr multiplier under Adam
     logprob_init: float = 0.0  # [ours] head_logprob: c at init; 1 starts R at the trunk's log-likelihood (prm.py)
     trunk_lr_scale: float = 1.0  # [ours] head forms: the trunk's updates times this (0 freezes it: a probe on the trunk)
+    # [ours] head forms: only the trunk's top trunk_train_layers decoder layers (with its final norm and
+    # unembedding) train, the backward pass stopping below them (0 = every layer): a trained trunk at a
+    # fraction of the backward cost and activation memory of a large PRM
+    trunk_train_layers: int = 0
     # [ours] head_logprob's trunk: repirl (it follows the PRM loss, as the head does) | sft (the energy
     # E = c log p_trunk + H has a normalised factor p_trunk: the trunk takes its exact max-likelihood
     # gradient on the positive set, i.e. SFT on experts and correct rollouts, and the head (w, b, c) the
@@ -143,6 +147,9 @@ class PRMConfig:
         _check(self, "beta", self.beta > 0, "must be > 0")
         _check(self, "head_scale", self.head_scale > 0, "must be > 0")
         _check(self, "trunk_lr_scale", self.trunk_lr_scale >= 0, "must be >= 0")
+        _check(self, "trunk_train_layers", self.trunk_train_layers >= 0, "must be >= 0 (0 = every layer)")
+        _check(self, "trunk_train_layers", not self.trunk_train_layers or self.form in ("head", "head_logprob"),
+               f"needs a trunk of its own (prm.form=head | head_logprob), not {self.form!r}")
         _check(self, "trunk_loss", self.trunk_loss in ("repirl", "sft"), "expected repirl | sft")
         _check(self, "trunk_loss", self.trunk_loss == "repirl" or self.form == "head_logprob",
                f"sft needs prm.form=head_logprob (the form with the trunk's log-prob), not {self.form!r}")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from . import losses, prm
-from .config import OptimConfig, PolicyConfig, PRMConfig
+from .config import ConfigError, OptimConfig, PolicyConfig, PRMConfig
 from .models import transformer
 from .models.config import ModelConfig
 from .sharding import Layout
@@ -217,6 +217,13 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
     pol_cfg, prm_cfg = cfg.policy_model, cfg.prm_model
     if pc.form != "shared":
         prm.check_compatible(pol_cfg, prm_cfg)
+    n_frozen = 0
+    if pc.trunk_train_layers:
+        if pc.trunk_train_layers > prm_cfg.num_layers:
+            raise ConfigError(f"prm.trunk_train_layers={pc.trunk_train_layers}: the PRM trunk has "
+                              f"{prm_cfg.num_layers} layers")
+        n_frozen = prm_cfg.num_layers - pc.trunk_train_layers
+        prm_cfg = prm_cfg.replace(frozen_layers=n_frozen)
     pol_opt, prm_opt = make_optimizer(qc.optim), make_optimizer(pc.optim)
 
     def rewards(prm_params, policy_params, ref, seqs):
@@ -286,6 +293,9 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         updates, opt_state = prm_opt.update(grads, opt_state, prm_params)
         if "trunk" in updates and pc.trunk_lr_scale != 1.0:  # Adam is gradient-scale invariant: scale the update
             updates = {**updates, "trunk": jax.tree.map(lambda u: pc.trunk_lr_scale * u, updates["trunk"])}
+        if "trunk" in updates and n_frozen:  # zero gradients already; this also keeps weight decay off them
+            frozen = jax.tree.map(lambda u: u.at[:n_frozen].set(0), updates["trunk"]["layers"])
+            updates = {**updates, "trunk": {**updates["trunk"], "layers": frozen}}
         prm_params = optax.apply_updates(prm_params, updates)
         is_pos = jnp.concatenate([sets["pos_roll"], sets["expert"]], axis=1)
         is_neg = jnp.concatenate([sets["neg"], jnp.zeros_like(sets["expert"])], axis=1)

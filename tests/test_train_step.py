@@ -7,7 +7,7 @@ import pytest
 
 from repirl_jax import models, prm, sampling
 from repirl_jax import train_step as ts
-from repirl_jax.config import MeshConfig, OptimConfig, PolicyConfig, PRMConfig
+from repirl_jax.config import ConfigError, MeshConfig, OptimConfig, PolicyConfig, PRMConfig
 from repirl_jax.sharding import Layout
 from tests.helpers import trees_equal
 
@@ -412,6 +412,34 @@ def test_frozen_trunk_trains_the_head_alone(trunk_loss):
     for k in ("w", "b", "c"):
         np.testing.assert_allclose(states[0.0].prm["head"][k], states[1.0].prm["head"][k], rtol=1e-5, atol=1e-9)
     assert not np.allclose(states[0.0].prm["head"]["w"], 0.0)
+
+
+@pytest.mark.parametrize("trunk_loss", ["repirl", "sft"])
+def test_trunk_train_layers_trains_the_top_layers_alone(trunk_loss):
+    """prm.trunk_train_layers=1 of 2: the lower layer stays bit-equal, the top layer, the final norm and
+    the head take the same update as with every layer trained (their gradient does not depend on the
+    layers below). (That the backward pass stops there: test_numerics.py::test_frozen_layers_cut_the_backward_pass.)"""
+    b = synthetic_batch(np.random.RandomState(5), G=2, K=4, E=2, T=6)
+    opt = OptimConfig(lr=1e-3, grad_clip=1e12)
+    states = {}
+    for k in (0, 1):
+        cfg = ts.StepConfig(CFG, CFG, PRMConfig(form="head_logprob", logprob_init=1.0, score="sum", trunk_loss=trunk_loss,
+                                                trunk_train_layers=k, optim=opt),
+                            PolicyConfig(optim=OptimConfig(lr=0.0)))
+        states[k], m = ts.make_train_step(cfg)(ts.init_state(cfg, fresh_params(0), fresh_params(1)), b)
+        assert np.isfinite(m["prm_loss"])
+    lower = lambda t: jax.tree.map(lambda a: a[:1], t["layers"])
+    upper = lambda t: jax.tree.map(lambda a: a[1:], t["layers"])
+    part, full, init = states[1].prm["trunk"], states[0].prm["trunk"], fresh_params(1)
+    assert trees_equal(lower(part), lower(init))
+    assert not trees_equal(upper(part), upper(init))
+    for a, w in zip(jax.tree.leaves((upper(part), part["final_norm"], states[1].prm["head"])),
+                    jax.tree.leaves((upper(full), full["final_norm"], states[0].prm["head"]))):
+        np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ConfigError, match="trunk_train_layers=3: the PRM trunk has 2 layers"):
+        ts.make_train_step(ts.StepConfig(CFG, CFG, PRMConfig(form="head_logprob", trunk_train_layers=3)))
+    with pytest.raises(ConfigError, match="trunk_train_layers=1: needs a trunk of its own"):
+        PRMConfig(form="implicit", trunk_train_layers=1)
 
 
 def test_trunk_loss_sft_needs_head_logprob():

@@ -46,6 +46,11 @@ class ModelConfig:
     # slices and stacked residuals cost as much as its small matmuls); compile time grows with it, and
     # the decode keeps the plain scan (unrolled, its per-layer cache reads were slower here)
     layer_unroll: int = 1
+    # training a part of the model: the lowest frozen_layers layers (and the embedding lookup that feeds
+    # them) take no gradient. Passes without a KV cache run them as their own scan under stop_gradient,
+    # so the backward pass stops above them: no residuals kept for them and no backward compute. Values
+    # are unchanged; a tied embedding still trains through the unembedding.
+    frozen_layers: int = 0
 
     def __post_init__(self):
         def bad(field, why):
@@ -67,6 +72,8 @@ class ModelConfig:
             bad("remat", f"expected one of {REMAT}")
         if not isinstance(self.layer_unroll, int) or self.layer_unroll < 1:
             bad("layer_unroll", "must be an int >= 1 (1 = a plain scan over the layers)")
+        if not isinstance(self.frozen_layers, int) or not 0 <= self.frozen_layers <= self.num_layers:
+            bad("frozen_layers", f"must be an int in [0, num_layers={self.num_layers}]")
         if self.family == "qwen2" and not self.attention_bias:
             bad("attention_bias", "qwen2 always has q/k/v biases")
         if self.rope_type not in ROPE_TYPES:

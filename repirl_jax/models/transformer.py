@@ -315,7 +315,13 @@ def hidden_states(cfg: ModelConfig, params: Params, tokens_BL: jax.Array, *,
             outs.append(kv)
         new_kv = None if cache is None else tuple(zip(*outs))  # ([B, K, L, Dh] per layer,) for k and v
     else:
-        x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (params["layers"], cache, pre_kv),
+        layers, n = params["layers"], cfg.frozen_layers if cache is None else 0
+        if n:  # the frozen lower layers in their own scan, whose output is a constant to the backward pass
+            sg = jax.lax.stop_gradient
+            x_BLD, _ = jax.lax.scan(layer, sg(x_BLD), (jax.tree.map(lambda a: sg(a[:n]), layers), None, None),
+                                    unroll=min(cfg.layer_unroll, n))
+            layers = jax.tree.map(lambda a: a[n:], layers)
+        x_BLD, new_kv = jax.lax.scan(layer, x_BLD, (layers, cache, pre_kv),
                                      unroll=cfg.layer_unroll if cache is None else 1)
     if cache is not None:
         if per_row:  # new [(layers,) B, K, L, Dh] -> c[(:,) b, :, index_BL[b, l]], a scatter

@@ -126,6 +126,38 @@ def test_remat_gives_same_gradients(tiny_hf):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 
 
+@pytest.mark.parametrize("n_frozen", [1, 3])
+def test_frozen_layers_cut_the_backward_pass(tiny_hf, n_frozen):
+    """ModelConfig.frozen_layers: the same logits; the lower layers and the (untied) embedding get
+    exactly zero gradient, every other parameter the full model's gradient; and the lower layers run
+    forward only (the gradient's scans cover n + 2 (L - n) layers, not 2 L)."""
+    path, _ = tiny_hf("llama_mha_untied")  # 3 layers
+    cfg, params = models.load(path)
+    toks = random_tokens(cfg.vocab_size, (2, 10))
+
+    def loss(p, c):
+        return jnp.mean(jax.nn.log_softmax(models.forward(c, p, toks))[..., 0])
+
+    part = cfg.replace(frozen_layers=n_frozen)
+    np.testing.assert_array_equal(models.forward(part, params, toks), models.forward(cfg, params, toks))
+    g0, g1 = jax.grad(loss)(params, cfg), jax.grad(loss)(params, part)
+    assert not np.any(g1["embed"]) and not any(np.any(a[:n_frozen]) for a in jax.tree.leaves(g1["layers"]))
+    def scan_lengths(jaxpr):  # the layer scans, inside whatever jit / custom-derivative calls wrap them
+        for e in jaxpr.eqns:
+            if e.primitive.name == "scan":
+                yield e.params["length"]
+                continue
+            for sub in jax.tree.leaves(list(e.params.values()), is_leaf=lambda v: hasattr(v, "eqns")):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    yield from scan_lengths(getattr(sub, "jaxpr", sub))
+
+    scans = list(scan_lengths(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, part).jaxpr))
+    assert sum(scans) == n_frozen + 2 * (cfg.num_layers - n_frozen), scans
+    trained = lambda g: (jax.tree.map(lambda a: a[n_frozen:], g["layers"]), g["final_norm"], g["lm_head"])
+    for a, b in zip(jax.tree.leaves(trained(g1)), jax.tree.leaves(trained(g0))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_init_params_shapes_match_axes():
     cfg = models.ModelConfig(family="qwen3", vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2,
                              num_heads=4, num_kv_heads=2, head_dim=16, qk_norm=True, attention_bias=True)
