@@ -4,11 +4,19 @@ imitation start, e.g. runs/demo/start) with overrides of demo.default_config().r
 variants' files give the paired difference over the same held-out problems). Where START is a demo's start
 (its workdir holds results.json), it also prints the paired difference to each of that demo's rows (greedy
 and T=1 accuracy, the same 400 held-out problems). A finished run and its evaluation are reused. Produced
-the issue-15 tables."""
-import sys, time, json, os, logging
+the issue-15 tables.
+
+    python -m benchmarks.demo_variant START WORKDIR [--config configs/demo_smollm2.py] [--set KEY=VALUE] [key=value ...]
+
+--config: the demo config (a configs/*.py file whose config() is a demo.DemoConfig, as `repirl demo
+--config`; default the toy demo's); --set KEY=VALUE: an override of that DemoConfig (as `repirl demo --set`),
+for what the start and the held-out problems share (e.g. rl.data.ops=+-)."""
+import argparse, sys, time, json, os, logging
 os.environ["TQDM_DISABLE"] = "1"
 logging.basicConfig(level=logging.WARNING)
 from repirl_jax import compare, demo, loop
+from repirl_jax.cli import load_config
+from repirl_jax.config import apply_overrides
 
 KEYS = ("pass@1_greedy", "prm/ranking", "prm/step_auroc", "prm_best_of", "maj@", "avg@", "logprob/ranking", "hash/ranking",
         "length/ranking", "lucky", "prm/fws_f1", "prm_min/ranking", "prm/auroc", "prm_init/ranking", "prm_init/best_of",
@@ -16,8 +24,15 @@ KEYS = ("pass@1_greedy", "prm/ranking", "prm/step_auroc", "prm_best_of", "maj@",
 
 
 def main():
-    start, wd, *sets = sys.argv[1:]
-    c = demo.default_config()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("start")
+    ap.add_argument("workdir")
+    ap.add_argument("--config", help="a configs/*.py file whose config() is a demo.DemoConfig (default: the demo's)")
+    ap.add_argument("--set", action="append", default=[], help="a DemoConfig override (e.g. rl.data.ops=+-: the "
+                    "held-out problems follow it too), where the bare key=value ones override its RL stage")
+    a, sets = ap.parse_known_args()
+    start, wd = a.start, a.workdir
+    c = load_config(a.config, a.set) if a.config else apply_overrides(demo.default_config(), a.set)
     cfg = demo.rl_config(c, start, sets)
     t0 = time.time()
     if not os.path.isfile(os.path.join(wd, "final", "policy", "config.json")):
