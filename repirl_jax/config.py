@@ -232,6 +232,7 @@ class DataConfig:
     ops: str = "+-*"  # chain task: the operations drawn from
     operand_max: int = 0  # chain task: operands in 1..operand_max (0: 1..modulus-1, or the integer rules)
     additive_run: int = 0  # chain task: at most this many + / - steps in a row (0: no limit; see data/chain.py)
+    filler_rate: float = 0.0  # chain task: expert lines start with a harmless filler word this often (data/chain.py)
     n_train: int = 256
     n_test: int = 32
     seed: int = 0

@@ -25,6 +25,10 @@ exact labels stay those of the correct solution. An imitation start trained on t
 (a coin per + / - line) rather than a missing fact: something outcome RL can remove and a PRM that
 learns where the slip sits can remove faster.
 
+Harmless phrasing (`filler_rate`): expert lines start with a filler word ("so 47+8=55") at random.
+A start that imitates it is unsure of tokens that do not decide the outcome, as a real model is of its
+wording: outcome RL's credit for a whole rollout lands on them as noise, a PRM's credit need not.
+
 Exact step labels: `step_labels(problem, response)` compares each response line with the
 expert's line at that index; a line is on the correct path when it and every line before it
 match (the final `\\boxed{}` line is the last step)."""
@@ -39,6 +43,8 @@ from .records import INSTRUCTION, Problem
 
 MULTIPLY = ("multiply by", "*")
 OPS = (("add", "+"), ("subtract", "-"), MULTIPLY)
+FILLERS = ("so", "then", "now", "next")
+_FILLER = re.compile(rf"^\s*(?:{'|'.join(FILLERS)})\b")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +62,10 @@ class ChainTask:
     # with its sign slipped (a + x computed as a - x and vice versa) with this probability, the solution
     # going on from the slipped value; prompts, gold and the exact labels (meta["lines"]) are unchanged
     slip_rate: float = 0.0
+    # > 0: harmless phrasing: each line of the expert solution but the \boxed one starts with a filler
+    # word (FILLERS, uniform) with this probability. A policy imitating it is unsure of tokens that do not
+    # decide the outcome, as a real model is of its wording; the exact labels ignore a leading filler
+    filler_rate: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.min_steps <= self.max_steps:
@@ -78,13 +88,17 @@ class ChainTask:
         if not 0 <= self.slip_rate <= 1 or (self.slip_rate and not set(self.ops) & set("+-")):
             raise ValueError(f"ChainTask: slip_rate={self.slip_rate} must be in [0, 1] and needs '+' or '-' in "
                              f"ops={self.ops!r} (only + / - lines slip)")
+        if not 0 <= self.filler_rate <= 1:
+            raise ValueError(f"ChainTask: filler_rate={self.filler_rate} must be in [0, 1]")
 
 
 def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus: int = 0,
                  instruction: bool = True, style: str = "words", ops: str = "+-*", operand_max: int = 0,
-                 additive_run: int = 0, slip_rate: float = 0.0, slip_rng: random.Random | None = None) -> Problem:
+                 additive_run: int = 0, slip_rate: float = 0.0, slip_rng: random.Random | None = None,
+                 filler_rate: float = 0.0, filler_rng: random.Random | None = None) -> Problem:
     """One chain problem; with `slip_rate`, its expert solution is a noisy demonstration drawn with
-    `slip_rng` (a stream apart from `rng`, so the problems are those of slip_rate=0)."""
+    `slip_rng`, with `filler_rate` its lines' fillers drawn with `filler_rng` (streams apart from `rng`,
+    so the problems are those of slip_rate=0 and filler_rate=0)."""
     m = modulus
     value = rng.randint(0, m - 1) if m else rng.randint(2, 20)
     phrases, lines, written = [], [], []
@@ -105,7 +119,8 @@ def make_problem(rng: random.Random, steps: int, split: str, index: int, modulus
         lines.append(_line(value, sym, x, new, style))
         slip = slip_rate and sym in "+-" and slip_rng.random() < slip_rate
         new_shown = _apply(shown, {"+": "-", "-": "+"}[sym] if slip else sym, x, m)
-        written.append(_line(shown, sym, x, new_shown, style))
+        filler = f"{filler_rng.choice(FILLERS)} " if filler_rate and filler_rng.random() < filler_rate else ""
+        written.append(filler + _line(shown, sym, x, new_shown, style))
         value, shown = new, new_shown
     start = re.match(r"-?\d+", lines[0]).group()
     if style == "words":
@@ -131,6 +146,7 @@ def _line(value: int, sym: str, x: int, new: int, style: str) -> str:
 
 def _generate(task: ChainTask, split: str, n: int, exclude: set[str]) -> list[Problem]:
     rng, slip_rng = random.Random(f"{task.seed}/{split}"), random.Random(f"{task.seed}/{split}/slips")
+    filler_rng = random.Random(f"{task.seed}/{split}/fillers")
     out, seen, tries = [], set(exclude), 0
     while len(out) < n:
         tries += 1
@@ -139,7 +155,7 @@ def _generate(task: ChainTask, split: str, n: int, exclude: set[str]) -> list[Pr
                              f"{task.min_steps}..{task.max_steps}; ask for fewer")
         p = make_problem(rng, rng.randint(task.min_steps, task.max_steps), split, len(out), task.modulus,
                          task.instruction, task.style, task.ops, task.operand_max, task.additive_run,
-                         task.slip_rate, slip_rng)
+                         task.slip_rate, slip_rng, task.filler_rate, filler_rng)
         if p.prompt not in seen:
             seen.add(p.prompt)
             out.append(p)
@@ -168,7 +184,8 @@ class StepLabels:
 
 
 def _norm(line: str) -> str:
-    return re.sub(r"\s+", "", line)
+    """A line as the labels compare it: a leading filler word (FILLERS) and all spaces dropped."""
+    return re.sub(r"\s+", "", _FILLER.sub("", line))
 
 
 def response_lines(response: str) -> list[str]:

@@ -25,7 +25,7 @@ def chain_task(d: DataConfig, **changes) -> chain.ChainTask:
 
     kw = dict(min_steps=d.min_steps, max_steps=d.max_steps, seed=d.seed, modulus=d.modulus,
               instruction=d.instruction, style=d.style, ops=d.ops, operand_max=d.operand_max,
-              additive_run=d.additive_run) | changes
+              additive_run=d.additive_run, filler_rate=d.filler_rate) | changes
     try:
         return chain.ChainTask(**kw)
     except ValueError as e:

@@ -216,6 +216,38 @@ def test_slip_rate_writes_noisy_demonstrations_of_the_same_problems():
         tasks.chain_task(DataConfig(), slip_rate=1.5)
 
 
+def test_filler_rate_adds_harmless_words_the_labels_ignore():
+    """filler_rate: each expert line but the \\boxed one starts with a filler word at that rate (each of
+    FILLERS drawn), the rest of the line and the problem those of filler_rate=0; step_labels and error_kind
+    read a line with a filler as the line without it (a slip after a filler is still found)."""
+    task = chain.ChainTask(5, 7, 1, 100, instruction=False, style="symbols", operand_max=9, additive_run=1)
+    clean = chain.splits(task, 200, 10)[0]
+    filled = chain.splits(tasks.chain_task(DataConfig(min_steps=5, max_steps=7, seed=1, modulus=100,
+                                                      instruction=False, style="symbols", operand_max=9,
+                                                      additive_run=1, filler_rate=0.5)), 200, 10)[0]
+    n_lines, words = 0, []
+    for p, q in zip(clean, filled):
+        assert (p.prompt, p.gold, p.meta) == (q.prompt, q.gold, q.meta)
+        for c, f in zip(p.experts[0].split("\n"), q.experts[0].split("\n")):
+            word, _, rest = f.rpartition(" ")
+            assert rest == c and (word in chain.FILLERS or word == "")
+            words.append(word)
+        n_lines += len(p.meta["lines"]) - 1
+        assert words[-1] == ""  # the boxed line
+        assert chain.step_labels(q, q.experts[0]).first_wrong is None
+    assert 0.4 < sum(map(bool, words)) / n_lines < 0.6 and set(words) == {"", *chain.FILLERS}
+    p = next(p for p in clean if re.match(r"\d+[+-]", p.meta["lines"][0]))
+    lines = p.meta["lines"]
+    a, op, x = re.match(r"(\d+)([+-])(\d+)", lines[0]).groups()
+    slip = (int(a) - int(x) if op == "+" else int(a) + int(x)) % 100
+    lab = chain.step_labels(p, "\n".join([f"so {a}{op}{x}={slip}"] + lines[1:]))
+    assert lab.first_wrong == 0 and chain.error_kind(p, lab) == "slip"
+    assert chain.step_labels(p, "\n".join(["then " + lines[0], *lines[1:]])).first_wrong is None
+    assert chain.step_labels(p, "\n".join(["thence" + lines[0], *lines[1:]])).first_wrong == 0  # a word, not a prefix
+    with pytest.raises(ConfigError, match="data: .*filler_rate=2"):
+        tasks.chain_task(DataConfig(filler_rate=2))
+
+
 def test_step_labels_refuse_other_tasks_and_bad_options():
     with pytest.raises(ValueError, match="only chain-task problems"):
         chain.step_labels(Problem(id="gsm/1", prompt="q", gold="1", source="gsm_symbolic"), "1")
