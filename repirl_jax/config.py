@@ -92,7 +92,7 @@ PRM_FORMS = ("head", "head_logprob", "implicit", "shared")
 PRM_LOSSES = ("repirl", "prime", "discriminator", "orm", "oracle", "exact", "none", "frozen")
 PROCESS_ADV = ("token", "position", "last")
 CREDITS = ("last", "prm_error", "exact_error", "prm_step", "exact_step", "logprob_step", "prm_first", "logprob_first",
-           "random_step")
+           "prm_ratio_step", "random_step")
 ESTIMATORS = ("rloo", "grpo", "reinforce")
 
 
@@ -173,8 +173,10 @@ class PolicyConfig:
     # exact_step (that step's tokens only: the steps before it were right and get no blame) | logprob_step
     # (the step with the lowest mean sampler log-prob, alone: the null that locates without a PRM) |
     # prm_first, logprob_first (the first step scored below the rollout's mean step score, alone:
-    # losses.first_low_step, by the PRM's rewards or, the null, the sampler log-probs) | random_step (one
-    # uniformly random step, alone: the zero-information null of a located credit)
+    # losses.first_low_step, by the PRM's rewards or, the null, the sampler log-probs) | prm_ratio_step (the
+    # step with the lowest mean r_t - log pi_old(a_t | s_t), alone: its share of the rollout's IS log-weight
+    # E - log pi_old, where the PRM prefers the expert's choice most over the policy's; wording both find
+    # unlikely cancels) | random_step (one uniformly random step, alone: the zero-information null)
     credit: str = "last"
     clip_low: float = 0.2
     clip_high: float = 0.2

@@ -364,12 +364,14 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
         else:
             r_GKT = jnp.zeros(mask.shape, jnp.float32)
         exact_err = None if batch.step_ok_GKT is None else batch.step_ok_GKT == 0  # the first wrong step's tokens
+        # what the locators of policy.credit=<name>_step / <name>_first score steps by: the PRM's rewards,
+        # their excess over the sampler log-probs (prm_ratio), or the sampler log-probs alone (the null)
+        locator_scores = {"logprob": batch.sampler_logp_GKT} | (
+            {"prm": r_GKT, "prm_ratio": r_GKT - batch.sampler_logp_GKT} if pc.loss not in ("none", "exact") else {})
         if exact_err is not None and batch.step_GKT is not None:
-            # how often a locator finds a failed rollout's exact first wrong step, on this batch: the
-            # PRM's (what policy.credit=prm_* uses) and the sampler log-prob's (the null), by each rule
-            sources = {"logprob": batch.sampler_logp_GKT} | ({"prm": r_GKT} if pc.loss not in ("none", "exact") else {})
+            # how often each locator finds a failed rollout's exact first wrong step on this batch, by each rule
             for rule, fn in (("", losses.lowest_step), ("first_", losses.first_low_step)):
-                for name, v in sources.items():
+                for name, v in locator_scores.items():
                     metrics[f"{name}_{rule}locate_acc"] = losses.locate_accuracy(
                         fn(v, batch.step_GKT, mask), exact_err, batch.outcome_GK, mask)
         outcome = qc.alpha_o * batch.outcome_GK + batch.format_GK
@@ -380,10 +382,9 @@ def make_train_step(cfg: StepConfig, layout: Layout | None = None):
                 err = exact_err
             elif qc.credit == "random_step":  # a key of its own, from the state's: the same draws on resume
                 err = losses.random_step(jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1), batch.step_GKT, mask)
-            else:  # the located step by the PRM's rewards or (the null) the sampler log-probs: the lowest
-                # step, or the first below the rollout's mean step score (*_first)
+            else:  # the located step: the lowest, or the first below the rollout's mean step score (*_first)
                 locate = losses.first_low_step if qc.credit.endswith("_first") else losses.lowest_step
-                err = locate(batch.sampler_logp_GKT if qc.credit.startswith("logprob_") else r_GKT, batch.step_GKT, mask)
+                err = locate(locator_scores[qc.credit.rsplit("_", 1)[0]], batch.step_GKT, mask)
             credit = losses.error_credit(err, batch.outcome_GK, mask, only_step=qc.credit.endswith(("_step", "_first")))
             # response tokens that carry no outcome advantage
             metrics["credit_dropped_frac"] = jnp.sum(mask & ~credit) / jnp.maximum(jnp.sum(mask), 1)

@@ -286,15 +286,17 @@ def test_exact_loss_rewards_the_correct_path_and_trains_no_prm():
 @pytest.mark.parametrize("credit,loss,dropped", [("exact_error", "exact", 3), ("prm_error", "frozen", 4),
                                                   ("exact_step", "exact", 5), ("logprob_step", "none", 4),
                                                   ("prm_first", "frozen", 4), ("logprob_first", "none", 4),
-                                                  ("random_step", "none", 4)])
+                                                  ("prm_ratio_step", "frozen", 4), ("random_step", "none", 4)])
 def test_error_credit_stops_a_failed_rollouts_outcome_credit_at_its_error_step(credit, loss, dropped):
     """policy.credit: the failed rollout's outcome advantage reaches the end of its error step, by
     the exact labels (first wrong step: token 2) or by the PRM (lowest mean reward: a zero head
     ties, so step 0, tokens 0-1); the tokens after it get no outcome credit (exact_step: nor the
     right tokens before it), counted per step; logprob_step (the null, no PRM): the step of lowest mean
     sampler log-prob alone (step 1, tokens 2-3); *_first: the first step below the rollout's mean step
-    score (log-probs: step 1 again; the zero head: none below, so its lowest, step 0); random_step: one of
-    the three 2-token steps."""
+    score (log-probs: step 1 again; the zero head: none below, so its lowest, step 0); prm_ratio_step: the
+    lowest mean r - log-prob (the zero head: -log-prob, step 0 or 2); random_step: one of the three 2-token
+    steps. Then the locate metrics with the first wrong step at step 2, whose log-prob is the highest: only
+    the ratio finds it."""
     rng = np.random.RandomState(5)
     b = synthetic_batch(rng, G=2, K=2, E=2, T=6)
     b.rollout_mask_GKT = np.ones_like(b.rollout_mask_GKT)
@@ -311,6 +313,11 @@ def test_error_credit_stops_a_failed_rollouts_outcome_credit_at_its_error_step(c
     for rule in ("", "first_"):
         assert float(m[f"logprob_{rule}locate_acc"]) == 1.0
         assert (float(m[f"prm_{rule}locate_acc"]) == 0.0) if loss == "frozen" else (f"prm_{rule}locate_acc" not in m)
+    if credit == "prm_ratio_step":
+        b.step_ok_GKT = np.array([[[1, 1, 1, 1, 0, -1], [1, 1, 1, 1, 1, 1]]] * 2, np.float32)
+        b.sampler_logp_GKT = np.select([b.step_GKT == 1, b.step_GKT == 2], [-3.0, -0.5], -1.0).astype(np.float32)
+        _, m = ts.make_train_step(cfg)(ts.init_state(cfg, fresh_params(0), fresh_params(1)), b)  # the step donates
+        assert [float(m[f"{n}_locate_acc"]) for n in ("prm_ratio", "prm", "logprob")] == [1.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("base", ["uniform", "policy"])
